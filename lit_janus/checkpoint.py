@@ -1,0 +1,420 @@
+"""Loading Janus-Pro checkpoints in DeepSeek's or transformers' layout, and writing transformers' layout.
+
+DeepSeek (`deepseek-ai/Janus-Pro-1B`): config.json with model_type "multi_modality", timm-style
+SigLIP with fused `qkv`, LlamaGen VQ names (`conv_blocks`, `res`, `mid.0`), `gen_head.*`,
+`gen_embed`, weights in `pytorch_model.bin` (pickles: always `weights_only=True`) or shards.
+transformers (`deepseek-community/Janus-Pro-1B`): model_type "janus", safetensors.
+
+Every weight is accounted for. Only two kinds of keys are known to be unused and are dropped with
+a message: SigLIP's attention-pooling head (`attn_pool.*`, never called by Janus) and the VQ's
+`codebook_used` statistics buffer. Anything else missing or unexpected is an error naming it, and
+the model is only assembled after every check passed, so nothing is ever half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from lit_janus.config import Config
+
+log = logging.getLogger(__name__)
+
+KNOWN_UNUSED = (re.compile(r"^vision_model\.vision_tower\.attn_pool\."), re.compile(r"quantize\.codebook_used$"))
+# Heads cannot be read off weight shapes; DeepSeek's config only names a SigLIP preset.
+SIGLIP_HEADS = {"siglip_large_patch16_384": 16, "siglip_so400m_patch14_384": 16, "siglip_so400m_patch14_224": 16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message names the file or key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# reading weight files
+# ---------------------------------------------------------------------------------------------
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"missing weight file {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        # DeepSeek ships pickles: never unpickle arbitrary objects
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"cannot read weight file {path}: {e}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    return sd
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: single file or index + shards, safetensors or .bin."""
+    d = Path(directory)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (d / index).is_file():
+            try:
+                weight_map = json.loads((d / index).read_text())["weight_map"]
+            except Exception as e:
+                raise CheckpointError(f"cannot read {d / index}: {e}") from None
+            missing = sorted({f for f in weight_map.values() if not (d / f).is_file()})
+            if missing:
+                raise CheckpointError(f"{d / index} lists shard(s) that are missing: {', '.join(missing)}")
+            sd: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                sd.update(_load_file(d / shard))
+            absent = sorted(set(weight_map) - set(sd))
+            if absent:
+                raise CheckpointError(f"keys listed in {index} but absent from the shards: {absent[:5]}")
+            return sd
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (d / single).is_file():
+            return _load_file(d / single)
+    raise CheckpointError(
+        f"no weights in {d}: expected model.safetensors, pytorch_model.bin, or an index with shards"
+    )
+
+
+def detect_layout(directory: str | Path) -> str:
+    """'deepseek' or 'transformers', from config.json's model_type."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"checkpoint directory {d} does not exist")
+    cfg = d / "config.json"
+    if not cfg.is_file():
+        raise CheckpointError(
+            f"{d} has no config.json: not a Janus-Pro checkpoint in DeepSeek's layout "
+            "(model_type 'multi_modality') or transformers' layout (model_type 'janus')"
+        )
+    model_type = json.loads(cfg.read_text()).get("model_type")
+    if model_type == "multi_modality":
+        return "deepseek"
+    if model_type == "janus":
+        return "transformers"
+    raise CheckpointError(
+        f"{cfg} has model_type {model_type!r}; expected 'multi_modality' (DeepSeek) or 'janus' (transformers)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSeek layout -> transformers layout
+# ---------------------------------------------------------------------------------------------
+_VQ_RENAMES = [
+    (re.compile(r"^(encoder)\.conv_blocks\.(\d+)\.res\.(\d+)\."), r"\1.down.\2.block.\3."),
+    (re.compile(r"^(encoder)\.conv_blocks\.(\d+)\.attn\.(\d+)\."), r"\1.down.\2.attn.\3."),
+    (re.compile(r"^(encoder)\.conv_blocks\.(\d+)\.downsample\."), r"\1.down.\2.downsample."),
+    (re.compile(r"^(decoder)\.conv_blocks\.(\d+)\.res\.(\d+)\."), r"\1.up.\2.block.\3."),
+    (re.compile(r"^(decoder)\.conv_blocks\.(\d+)\.attn\.(\d+)\."), r"\1.up.\2.attn.\3."),
+    (re.compile(r"^(decoder)\.conv_blocks\.(\d+)\.upsample\."), r"\1.up.\2.upsample."),
+    (re.compile(r"^(encoder|decoder)\.mid\.0\."), r"\1.mid.block_1."),
+    (re.compile(r"^(encoder|decoder)\.mid\.1\."), r"\1.mid.attn_1."),
+    (re.compile(r"^(encoder|decoder)\.mid\.2\."), r"\1.mid.block_2."),
+]
+_VIT_RENAMES = [
+    (re.compile(r"^blocks\.(\d+)\.norm1\."), r"encoder.layers.\1.layer_norm1."),
+    (re.compile(r"^blocks\.(\d+)\.norm2\."), r"encoder.layers.\1.layer_norm2."),
+    (re.compile(r"^blocks\.(\d+)\.attn\.proj\."), r"encoder.layers.\1.self_attn.projection_layer."),
+    (re.compile(r"^blocks\.(\d+)\.mlp\."), r"encoder.layers.\1.mlp."),
+    (re.compile(r"^patch_embed\.proj\."), "embeddings.patch_embedding."),
+    (re.compile(r"^norm\."), "post_layernorm."),
+]
+_MLP_PROJECTOR = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
+
+
+def _rename(key: str, rules) -> str | None:
+    for pattern, repl in rules:
+        new, n = pattern.subn(repl, key)
+        if n:
+            return new
+    return None
+
+
+def deepseek_to_transformers(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename (and split fused qkv of) DeepSeek keys. Returns (new state dict, dropped known-unused keys).
+    Raises CheckpointError for keys that are not part of Janus-Pro."""
+    out: dict[str, torch.Tensor] = {}
+    dropped, unknown = [], []
+    for key, t in sd.items():
+        if any(p.search(key) for p in KNOWN_UNUSED):
+            dropped.append(key)
+            continue
+        new = None
+        if key.startswith("language_model.model."):
+            new = "model.language_model." + key[len("language_model.model."):]
+        elif key == "language_model.lm_head.weight":
+            new = "lm_head.weight"
+        elif key == "gen_embed.weight":
+            new = "model.generation_embeddings.weight"
+        elif key.startswith("gen_head."):
+            new = {"gen_head.output_mlp_projector.weight": "model.generation_head.proj_out.weight",
+                   "gen_head.output_mlp_projector.bias": "model.generation_head.proj_out.bias",
+                   "gen_head.vision_head.weight": "model.generation_head.vision_head.weight",
+                   "gen_head.vision_head.bias": "model.generation_head.vision_head.bias"}.get(key)
+        elif key.startswith(("aligner.", "gen_aligner.")):
+            prefix, rest = key.split(".", 1)
+            m = _MLP_PROJECTOR.match(rest)
+            if m and int(m.group(1)) % 2 == 0:  # MlpProjector: Linear at even indices, GELU between
+                i = int(m.group(1)) // 2
+                target = "model.aligner" if prefix == "aligner" else "model.generation_aligner"
+                new = f"{target}.fc1.{m.group(2)}" if i == 0 else f"{target}.hidden_layers.{i - 1}.{m.group(2)}"
+        elif key.startswith("gen_vision_model."):
+            rest = key[len("gen_vision_model."):]
+            new = "model.vqmodel." + (_rename(rest, _VQ_RENAMES) or rest)
+        elif key.startswith("vision_model.vision_tower."):
+            rest = key[len("vision_model.vision_tower."):]
+            base = "model.vision_model."
+            if rest == "pos_embed":
+                out[base + "embeddings.position_embedding.weight"] = t.reshape(t.shape[-2], t.shape[-1])
+                continue
+            qkv = re.match(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", rest)
+            if qkv:
+                for name, part in zip("qkv", t.chunk(3, dim=0)):
+                    out[f"{base}encoder.layers.{qkv.group(1)}.self_attn.{name}_proj.{qkv.group(2)}"] = part
+                continue
+            renamed = _rename(rest, _VIT_RENAMES)
+            new = base + renamed if renamed else None
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = t
+    if unknown:
+        raise CheckpointError(
+            f"{len(unknown)} key(s) in the DeepSeek checkpoint are not part of Janus-Pro: {unknown[:8]}"
+        )
+    return out, dropped
+
+
+def config_from_deepseek(cfg: dict, sd: dict[str, torch.Tensor]) -> Config:
+    """Architecture from DeepSeek's config.json, completed from weight shapes (its VQ-16 and
+    SigLIP entries name presets rather than listing shapes)."""
+    lang = cfg.get("language_config") or {}
+    vparams = (cfg.get("vision_config") or {}).get("params") or {}
+
+    def need(key: str) -> torch.Tensor:
+        if key not in sd:
+            raise CheckpointError(f"DeepSeek checkpoint lacks {key!r}")
+        return sd[key]
+
+    pos = need("vision_model.vision_tower.pos_embed")
+    width, n_pos = pos.shape[-1], pos.shape[-2]
+    patch = need("vision_model.vision_tower.patch_embed.proj.weight").shape[-1]
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"vision_model\.vision_tower\.blocks\.(\d+)\.", k))}
+    mlp = need("vision_model.vision_tower.blocks.0.mlp.fc1.weight").shape[0]
+    heads = vparams.get("num_heads") or vparams.get("heads") or SIGLIP_HEADS.get(vparams.get("model_name"), width // 64)
+    vq = "gen_vision_model."
+    base = need(vq + "encoder.conv_in.weight").shape[0]
+    levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"gen_vision_model\.encoder\.conv_blocks\.(\d+)\.", k))})
+    mult = [need(f"{vq}encoder.conv_blocks.{i}.res.0.conv1.weight").shape[0] // base for i in levels]
+    n_res = len({int(m.group(1)) for k in sd if (m := re.match(r"gen_vision_model\.encoder\.conv_blocks\.0\.res\.(\d+)\.", k))})
+    codebook = need(vq + "quantize.embedding.weight")
+    embed = need("language_model.model.embed_tokens.weight")
+    n_layer = len({int(m.group(1)) for k in sd if (m := re.match(r"language_model\.model\.layers\.(\d+)\.", k))})
+    try:
+        return Config(
+            name=cfg.get("_name_or_path", "deepseek"),
+            n_layer=lang.get("num_hidden_layers", n_layer),
+            n_embd=embed.shape[1],
+            n_head=lang["num_attention_heads"] if "num_attention_heads" in lang else embed.shape[1] // 128,
+            n_query_groups=lang.get("num_key_value_heads") or lang.get("num_attention_heads", embed.shape[1] // 128),
+            intermediate_size=need("language_model.model.layers.0.mlp.gate_proj.weight").shape[0],
+            vocab_size=embed.shape[0],
+            max_position_embeddings=lang.get("max_position_embeddings", 16384),
+            rope_theta=lang.get("rope_theta", 10000.0),
+            rms_norm_eps=lang.get("rms_norm_eps", 1e-6),
+            vision_width=width,
+            vision_layers=len(blocks),
+            vision_heads=heads,
+            vision_mlp_ratio=mlp / width,
+            patch_size=patch,
+            image_size=int(math.isqrt(n_pos)) * patch,
+            codebook_size=codebook.shape[0],
+            codebook_dim=codebook.shape[1],
+            vq_base_channels=base,
+            vq_channel_multiplier=mult,
+            vq_num_res_blocks=n_res,
+            vq_latent_channels=need(vq + "quant_conv.weight").shape[1],
+        )
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"cannot derive the architecture from the DeepSeek checkpoint: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# assembling a model
+# ---------------------------------------------------------------------------------------------
+def init_nonpersistent_buffers(module: torch.nn.Module, device: torch.device | str = "cpu") -> None:
+    """Recompute buffers that are not in any state dict (RoPE frequencies, ViT position ids), so a
+    model built on the meta device and loaded with `assign=True` (or materialised by FSDP) works."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for m in module.modules():
+        if hasattr(m, "inv_freq") and hasattr(m, "rope_type"):
+            fn = m.compute_default_rope_parameters if m.rope_type == "default" else ROPE_INIT_FUNCTIONS[m.rope_type]
+            inv_freq, m.attention_scaling = fn(m.config, device=device)
+            m.inv_freq = inv_freq.to(device)
+            m.original_inv_freq = inv_freq.clone().to(device)
+        if hasattr(m, "position_ids") and hasattr(m, "num_positions"):
+            m.position_ids = torch.arange(m.num_positions, device=device).expand((1, -1))
+
+
+def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = None, *,
+                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                attn_implementation: str = "sdpa", source: str = "checkpoint"):
+    """A `JanusPro` with `state_dict` (transformers' key layout) loaded strictly, or randomly
+    initialised when `state_dict` is None."""
+    from lit_janus.model import JanusPro
+
+    if state_dict is None:
+        return JanusPro(config, attn_implementation).to(device=device, dtype=dtype)
+    with torch.device("meta"):
+        model = JanusPro(config, attn_implementation)
+    expected = model.janus.state_dict()
+    sd = dict(state_dict)
+    if "lm_head.weight" not in sd and "model.language_model.embed_tokens.weight" in sd:
+        # a checkpoint saved with tied embeddings: Janus-Pro keeps an independent copy
+        log.warning("%s has no lm_head.weight; initialising lm_head from embed_tokens (untied copy)", source)
+        sd["lm_head.weight"] = sd["model.language_model.embed_tokens.weight"].clone()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not match the model: missing {len(missing)} key(s) {missing[:6]}, "
+            f"unexpected {len(unexpected)} key(s) {unexpected[:6]}"
+        )
+    bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+           for k, v in expected.items() if tuple(sd[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{source} has {len(bad)} shape mismatch(es): " + "; ".join(bad[:6]))
+    model.janus.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
+                                strict=True, assign=True)
+    init_nonpersistent_buffers(model)
+    return model.to(device)
+
+
+def load_tokenizer(directory: str | Path):
+    from transformers import AutoTokenizer
+
+    d = Path(directory)
+    if not any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise CheckpointError(f"{d} has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    try:
+        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot load the tokenizer in {d}: {e}") from None
+
+
+def _image_settings(directory: Path, layout: str, image_size: int):
+    from lit_janus.processor import ImageSettings
+
+    f = directory / "preprocessor_config.json"
+    if not f.is_file():
+        return ImageSettings(image_size=image_size)
+    p = json.loads(f.read_text())
+    size = p.get("image_size") or (p.get("size") or {}).get("height") or image_size
+    if size != image_size:
+        raise CheckpointError(f"{f} says image size {size} but the model's grid needs {image_size}")
+    return ImageSettings(image_size=size, mean=tuple(p.get("image_mean", (0.5,) * 3)),
+                         std=tuple(p.get("image_std", (0.5,) * 3)), min_size=p.get("min_size", 14))
+
+
+def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                    attn_implementation: str = "sdpa", max_length: int = 4096):
+    """(JanusPro, JanusProcessor) from a checkpoint directory in either layout (auto-detected)."""
+    from lit_janus.processor import JanusProcessor
+
+    d = Path(directory)
+    layout = detect_layout(d)
+    raw_cfg = json.loads((d / "config.json").read_text())
+    tokenizer = load_tokenizer(d)  # before the (large) weights: fail fast
+    sd = read_weights(d)
+    if layout == "deepseek":
+        config = config_from_deepseek(raw_cfg, sd)
+        sd, dropped = deepseek_to_transformers(sd)
+    else:
+        config = Config.from_hf(raw_cfg, name=raw_cfg.get("_name_or_path", "transformers"))
+        dropped = [k for k in sd if any(p.search(k) for p in KNOWN_UNUSED)]
+        for k in dropped:
+            sd.pop(k)
+    if dropped:
+        log.info("%s: ignoring %d known-unused weights (%s)", d, len(dropped),
+                 ", ".join(sorted({k.split(".")[-2] if "attn_pool" not in k else "attn_pool.*" for k in dropped})))
+    processor = JanusProcessor(tokenizer, num_image_tokens=config.num_image_tokens,
+                               image=_image_settings(d, layout, config.image_size), max_length=max_length)
+    if len(tokenizer) > config.vocab_size:
+        raise CheckpointError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {config.vocab_size}")
+    config.image_token_id = processor.image_id
+    model = build_model(config, sd, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                        source=f"{layout} checkpoint {d}")
+    return model, processor
+
+
+# ---------------------------------------------------------------------------------------------
+# writing transformers' layout
+# ---------------------------------------------------------------------------------------------
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] }}\n\n{%- set messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}<|User|>: {{ m['content'] }}\n\n"
+    "{%- else -%}<|Assistant|>: {{ m['content'] }}<｜end▁of▁sentence｜>{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|Assistant|>:{%- endif -%}"
+)
+
+
+def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` + `processor` as a transformers Janus checkpoint that
+    `JanusForConditionalGeneration.from_pretrained(out_dir)` loads with nothing missing.
+    Written into a temporary sibling directory and renamed, so a crash never leaves half a checkpoint."""
+    from transformers import GenerationConfig
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    janus = model.janus
+    if dtype is not None:
+        janus = janus.to(dtype)
+    janus.config.image_token_id = processor.image_id
+    janus.config.tie_word_embeddings = False
+    janus.config.text_config.tie_word_embeddings = False
+    janus.generation_config = GenerationConfig(
+        bos_token_id=processor.bos_id, eos_token_id=processor.eos_id, pad_token_id=processor.pad_id,
+        guidance_scale=5.0, temperature=1.0, do_sample=True,
+        generation_kwargs={"boi_token_id": processor.boi_id},
+    )
+    janus.save_pretrained(str(tmp))
+    tok = processor.tokenizer
+    tok.save_pretrained(str(tmp))
+    tc = tmp / "tokenizer_config.json"
+    tcfg = json.loads(tc.read_text())
+    tcfg["extra_special_tokens"] = {"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>",
+                                   "eoi_token": "<end_of_image>"}
+    tc.write_text(json.dumps(tcfg, indent=2, ensure_ascii=False))
+    s = processor.image
+    (tmp / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "JanusImageProcessor", "processor_class": "JanusProcessor",
+        "do_resize": True, "size": {"height": s.image_size, "width": s.image_size}, "min_size": s.min_size,
+        "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": list(s.mean), "image_std": list(s.std), "do_pad": True, "do_convert_rgb": True,
+    }, indent=2))
+    (tmp / "processor_config.json").write_text(json.dumps({
+        "processor_class": "JanusProcessor", "num_image_tokens": processor.num_image_tokens,
+        "use_default_system_prompt": True,
+    }, indent=2))
+    (tmp / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

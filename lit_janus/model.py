@@ -1,0 +1,168 @@
+"""The unified Janus-Pro network: transformers' Janus classes plus the training forward they lack.
+
+`JanusPro` is a plain `nn.Module` whose single `forward(batch)` computes everything a training
+step needs (understanding, text and generation cross-entropies, token counts, accuracies), so that
+FSDP2 sees one root module. The weights live in `self.janus`, a
+`transformers.JanusForConditionalGeneration`, so `janus.save_pretrained()` is transformers' layout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_janus.batch import IGNORE, TASK_ID, TASKS
+from lit_janus.config import Config
+from lit_janus.vq import vq_decode, vq_encode
+
+
+class JanusPro(nn.Module):
+    def __init__(self, config: Config, attn_implementation: str = "sdpa", janus=None):
+        super().__init__()
+        from transformers import JanusForConditionalGeneration
+
+        self.config = config
+        if janus is None:
+            hf = config.to_hf()
+            hf._attn_implementation = attn_implementation
+            hf.text_config._attn_implementation = attn_implementation
+            hf.vision_config._attn_implementation = attn_implementation
+            janus = JanusForConditionalGeneration(hf)
+        if janus.lm_head.weight is janus.model.language_model.embed_tokens.weight:
+            raise ValueError("lm_head is tied to embed_tokens; Janus-Pro's are untied")
+        self.janus = janus
+
+    # Short names for the parts (properties, so nothing is registered twice in the state dict).
+    @property
+    def llm(self) -> nn.Module:
+        return self.janus.model.language_model
+
+    @property
+    def vision(self) -> nn.Module:
+        return self.janus.model.vision_model
+
+    @property
+    def aligner(self) -> nn.Module:
+        return self.janus.model.aligner
+
+    @property
+    def vq(self) -> nn.Module:
+        return self.janus.model.vqmodel
+
+    @property
+    def gen_embed(self) -> nn.Module:
+        return self.janus.model.generation_embeddings
+
+    @property
+    def gen_aligner(self) -> nn.Module:
+        return self.janus.model.generation_aligner
+
+    @property
+    def gen_head(self) -> nn.Module:
+        return self.janus.model.generation_head
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.janus.lm_head
+
+    # ---- the pieces -----------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """SigLIP last layer after the final LayerNorm (no pooling), then the aligner: [N, 576, D]."""
+        return self.aligner(self.vision(pixel_values).last_hidden_state)
+
+    def code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
+        """How a VQ code enters the LLM: gen_aligner(gen_embed(code)) (not the VQ codebook)."""
+        return self.gen_aligner(self.gen_embed(codes))
+
+    def input_embeddings(
+        self, input_ids: torch.Tensor, gen_mask: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Text embeddings with image features and code embeddings written in out-of-place
+        (FSDP2 warns about in-place writes into a sharded module's output)."""
+        text_ids = input_ids if gen_mask is None else input_ids.masked_fill(gen_mask, 0)
+        embeds = self.llm.embed_tokens(text_ids)
+        if gen_mask is not None and gen_mask.any():
+            codes = self.code_embeddings(input_ids[gen_mask]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(gen_mask[..., None], codes)
+        if pixel_values is not None:
+            feats = self.image_features(pixel_values.to(embeds.dtype))
+            n_slots = int(image_mask.sum()) if image_mask is not None else 0
+            if n_slots != feats.shape[0] * feats.shape[1]:
+                raise ValueError(
+                    f"{feats.shape[0]} images give {feats.shape[0] * feats.shape[1]} features but the batch "
+                    f"has {n_slots} image placeholder positions"
+                )
+            embeds = embeds.masked_scatter(image_mask[..., None], feats.to(embeds.dtype))
+        return embeds
+
+    def hidden_states(self, inputs_embeds, position_ids=None, attention_mask=None) -> torch.Tensor:
+        return self.llm(
+            inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+
+    # ---- training forward -------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-task mean cross-entropies (`und_loss`, `text_loss`, `gen_loss`; 0 when a task is
+        absent), target-token counts (`*_tokens`) and correct-prediction counts (`*_correct`).
+
+        Logits are computed only at supervised positions: the 102400-wide text logits of prompt
+        and image positions would be most of the activation memory and all of it wasted."""
+        embeds = self.input_embeddings(
+            batch["input_ids"], batch.get("gen_mask"), batch.get("image_mask"), batch.get("pixel_values")
+        )
+        h = self.hidden_states(embeds, batch.get("position_ids"))
+        out: dict[str, torch.Tensor] = {}
+        zero = h.sum() * 0.0  # keeps the graph connected when a task is absent
+
+        text_sel = batch["text_labels"] != IGNORE
+        task = None
+        if text_sel.any():
+            logits = self.lm_head(h[text_sel]).float()
+            target = batch["text_labels"][text_sel]
+            losses = F.cross_entropy(logits, target, reduction="none")
+            correct = logits.argmax(-1) == target
+            task = batch["task_ids"][text_sel]
+        for name in ("und", "text"):
+            sel = None if task is None else task == TASK_ID[name]
+            n = torch.zeros((), device=h.device, dtype=torch.long) if sel is None else sel.sum()
+            out[f"{name}_tokens"] = n
+            if sel is not None and int(n):
+                out[f"{name}_loss"] = losses[sel].mean()
+                out[f"{name}_correct"] = correct[sel].sum()
+            else:
+                out[f"{name}_loss"] = zero
+                out[f"{name}_correct"] = torch.zeros_like(n)
+
+        gen_sel = batch["gen_labels"] != IGNORE
+        out["gen_tokens"] = gen_sel.sum()
+        if gen_sel.any():
+            logits = self.gen_head(h[gen_sel]).float()
+            target = batch["gen_labels"][gen_sel]
+            out["gen_loss"] = F.cross_entropy(logits, target)
+            out["gen_correct"] = (logits.argmax(-1) == target).sum()
+        else:
+            out["gen_loss"] = zero
+            out["gen_correct"] = torch.zeros_like(out["gen_tokens"])
+        return out
+
+    # ---- inference helpers ------------------------------------------------------------------
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def gen_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.gen_head(hidden)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> VQ codes [B, grid*grid] with DeepSeek's L2-normalised lookup."""
+        return vq_encode(self.vq, pixels)
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """VQ codes [B, grid*grid] -> pixels in [-1, 1], [B, 3, S, S]."""
+        return vq_decode(self.vq, codes)
+
+
+__all__ = ["JanusPro", "TASKS"]

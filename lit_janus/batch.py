@@ -30,6 +30,7 @@ class Sample:
     image_mask: torch.Tensor  # [L] bool
     task: str
     pixel_values: torch.Tensor | None = None  # [n_images, 3, S, S] for understanding
+    gen_pixels: torch.Tensor | None = None  # [3, S, S] in [-1, 1]: a t2i target still to be VQ-encoded
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -71,7 +72,7 @@ def collate(samples: list[Sample], pad_id: int, pack_length: int | None = None) 
         "image_mask": torch.zeros((B, width), dtype=torch.bool),
         "task_ids": torch.zeros((B, width), dtype=torch.long),
     }
-    pixels = []
+    pixels, gen_pixels = [], []
     for r, row in enumerate(rows):
         at = 0
         for s in row:
@@ -85,6 +86,8 @@ def collate(samples: list[Sample], pad_id: int, pack_length: int | None = None) 
             out["task_ids"][r, sl] = TASK_ID[s.task]
             if s.pixel_values is not None:
                 pixels.append(s.pixel_values)  # row-major order == the order masked_scatter fills
+            if s.gen_pixels is not None:
+                gen_pixels.append(s.gen_pixels)
             at += len(s)
         # Padding continues the last document's positions: causal attention never lets a real
         # token see a later pad, and an unbroken run keeps plain (non-packed) rows on the fast
@@ -92,4 +95,21 @@ def collate(samples: list[Sample], pad_id: int, pack_length: int | None = None) 
         out["position_ids"][r, at:] = torch.arange(at, width) - (at - len(row[-1]))
     if pixels:
         out["pixel_values"] = torch.cat(pixels)
+    if gen_pixels:
+        if len(gen_pixels) != sum(s.task == "t2i" for s in samples):
+            raise ValueError("a batch must not mix t2i samples with codes and with pixels still to encode")
+        out["gen_pixels"] = torch.stack(gen_pixels)
     return out
+
+
+def fill_codes(batch: dict[str, torch.Tensor], codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Write VQ codes ([n_images, N] long, in batch order) of `gen_pixels` images into a collated
+    batch: each image has N-1 input positions (code0..code_{N-2}) and N target positions."""
+    gen_mask, targets = batch["gen_mask"], batch["gen_labels"] != IGNORE
+    if int(gen_mask.sum()) != codes.shape[0] * (codes.shape[1] - 1) or int(targets.sum()) != codes.numel():
+        raise ValueError(f"{tuple(codes.shape)} codes do not match the batch's image-code positions")
+    batch = dict(batch)
+    batch["input_ids"] = batch["input_ids"].masked_scatter(gen_mask, codes[:, :-1].contiguous())
+    batch["gen_labels"] = batch["gen_labels"].masked_scatter(targets, codes.contiguous())
+    batch.pop("gen_pixels", None)
+    return batch

@@ -342,7 +342,7 @@ def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32
         config = config_from_deepseek(raw_cfg, sd)
         sd, dropped = deepseek_to_transformers(sd)
     else:
-        config = Config.from_hf(raw_cfg, name=raw_cfg.get("_name_or_path", "transformers"))
+        config = Config.from_hf(raw_cfg, name=raw_cfg.get("_name_or_path") or d.name)
         dropped = [k for k in sd if any(p.search(k) for p in KNOWN_UNUSED)]
         for k in dropped:
             sd.pop(k)
@@ -418,3 +418,131 @@ def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype 
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightning checkpoints (self-describing: lit_janus metadata travels inside)
+# ---------------------------------------------------------------------------------------------
+def processor_for(tokenizer: str, config: Config, max_length: int = 4096):
+    """A JanusProcessor for `config` from a tokenizer directory, or `shapes` for ShapesWorld's."""
+    from lit_janus.processor import ImageSettings, JanusProcessor
+
+    if tokenizer == "shapes":
+        from lit_janus.shapes.tokenizer import shapes_tokenizer
+
+        tok = shapes_tokenizer()
+    else:
+        tok = load_tokenizer(tokenizer)
+    return JanusProcessor(tok, num_image_tokens=config.num_image_tokens,
+                          image=ImageSettings(image_size=config.image_size), max_length=max_length)
+
+
+def lightning_metadata(config: Config, processor) -> dict:
+    import dataclasses
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        processor.tokenizer.save_pretrained(d)
+        files = {p.name: p.read_text() for p in Path(d).iterdir() if p.is_file()}
+    return {"config": config.asdict(), "tokenizer_files": files, "image": dataclasses.asdict(processor.image),
+            "max_length": processor.max_length, "format": 1}
+
+
+def _processor_from_metadata(meta: dict, max_length: int | None = None):
+    import tempfile
+
+    from lit_janus.processor import ImageSettings, JanusProcessor
+
+    with tempfile.TemporaryDirectory() as d:
+        for name, text in meta["tokenizer_files"].items():
+            (Path(d) / name).write_text(text)
+        tok = load_tokenizer(d)
+    image = ImageSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["image"].items()})
+    cfg = Config(**meta["config"])
+    return cfg, JanusProcessor(tok, num_image_tokens=cfg.num_image_tokens, image=image,
+                               max_length=max_length or meta.get("max_length", 4096))
+
+
+def _is_sharded_lightning(p: Path) -> bool:
+    return p.is_dir() and (p / "meta.pt").is_file() and (p / ".metadata").is_file()
+
+
+def _lightning_checkpoint(p: Path) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """(lit_janus metadata, state dict or None) of a Lightning checkpoint file or sharded directory."""
+    if _is_sharded_lightning(p):
+        meta = torch.load(p / "meta.pt", map_location="cpu", weights_only=True)
+        return meta, None
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read Lightning checkpoint {p}: {e}") from None
+    return ckpt, ckpt.get("state_dict")
+
+
+def _model_state_from_lightning(sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    prefix = "model.janus."
+    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not out:
+        raise CheckpointError(f"{source} holds no lit_janus model weights (no keys starting with {prefix!r})")
+    return out
+
+
+def _sharded_state_dict(p: Path) -> dict[str, torch.Tensor]:
+    """Gather a sharded (DCP) Lightning checkpoint's model weights into one state dict, in-process."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "full.pt"
+        dcp_to_torch_save(str(p), str(out))
+        full = torch.load(out, map_location="cpu", weights_only=True)
+    return full.get("state_dict", full)
+
+
+def read_config_and_processor(path: str | Path, max_length: int = 4096):
+    """(Config, JanusProcessor) of any checkpoint, without building the model."""
+    p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file():
+        layout = detect_layout(p)
+        raw = json.loads((p / "config.json").read_text())
+        if layout == "deepseek":
+            # DeepSeek's config names presets; the shapes come from the weights (mmap: cheap)
+            config = config_from_deepseek(raw, read_weights(p))
+        else:
+            config = Config.from_hf(raw)
+        from lit_janus.processor import JanusProcessor
+
+        processor = JanusProcessor(load_tokenizer(p), num_image_tokens=config.num_image_tokens,
+                                   image=_image_settings(p, layout, config.image_size), max_length=max_length)
+        config.image_token_id = processor.image_id
+        return config, processor
+    if p.is_file() or _is_sharded_lightning(p):
+        meta, _ = _lightning_checkpoint(p)
+        if "lit_janus" not in meta:
+            raise CheckpointError(f"{p} is not a lit_janus Lightning checkpoint (no 'lit_janus' metadata)")
+        return _processor_from_metadata(meta["lit_janus"], max_length)
+    raise CheckpointError(
+        f"{p} is neither a pretrained directory (with config.json), a Lightning .ckpt file, "
+        "nor a sharded Lightning checkpoint directory (with meta.pt and .metadata)"
+    )
+
+
+def load_any(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+             attn_implementation: str = "sdpa", max_length: int = 4096):
+    """(JanusPro, JanusProcessor) from a pretrained directory (either layout), a Lightning `.ckpt`
+    file, or a sharded (FSDP2) Lightning checkpoint directory."""
+    p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file():
+        return load_pretrained(p, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                               max_length=max_length)
+    config, processor = read_config_and_processor(p, max_length)
+    if _is_sharded_lightning(p):
+        sd = _sharded_state_dict(p)
+    else:
+        sd = _lightning_checkpoint(p)[1]
+        if sd is None:
+            raise CheckpointError(f"{p} has no state_dict")
+    model = build_model(config, _model_state_from_lightning(sd, str(p)), dtype=dtype, device=device,
+                        attn_implementation=attn_implementation, source=f"Lightning checkpoint {p}")
+    return model, processor

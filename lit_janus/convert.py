@@ -1,7 +1,7 @@
 """`python -m lit_janus.convert SRC DST`: any Janus-Pro checkpoint -> transformers' layout.
 
-SRC may be DeepSeek's layout (`deepseek-ai/Janus-Pro-1B`), transformers' layout, or (see
-`lit_janus.export`) a Lightning training checkpoint. DST then loads with
+SRC may be DeepSeek's layout (`deepseek-ai/Janus-Pro-1B`), transformers' layout, or a Lightning
+training checkpoint of this project (a `.ckpt` file or an FSDP2 sharded checkpoint directory). DST then loads with
 `transformers.JanusForConditionalGeneration.from_pretrained(DST)`.
 """
 
@@ -16,16 +16,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def convert(src: str, dst: str, dtype: str | None = None) -> None:
-    from lit_janus.checkpoint import load_pretrained, save_transformers
+    from lit_janus.checkpoint import load_any, save_transformers
 
-    model, processor = load_pretrained(src)
+    model, processor = load_any(src)
     save_transformers(model, processor, dst, dtype=DTYPES[dtype] if dtype else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lit_janus.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="checkpoint directory (DeepSeek or transformers layout)")
+    p.add_argument("src", help="pretrained directory (DeepSeek or transformers layout) or Lightning checkpoint")
     p.add_argument("dst", help="output directory (transformers layout; replaced atomically)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: keep float32)")
     args = p.parse_args(argv)

@@ -198,10 +198,15 @@ class JanusProcessor:
             return out
         return prompt_ids[:1] + [self.pad_id] * (len(prompt_ids) - 2) + prompt_ids[-1:]
 
-    def t2i_sample(self, prompt: str, codes: torch.Tensor, cfg_dropout: float = 0.0,
-                   rng: random.Random | None = None) -> Sample:
-        """Training sample from a prompt and the image's VQ codes ([num_image_tokens] long).
-        With probability `cfg_dropout` the prompt becomes the unconditional row used at sampling."""
+    def t2i_sample(self, prompt: str, codes: torch.Tensor | None = None, cfg_dropout: float = 0.0,
+                   rng: random.Random | None = None, pixels: torch.Tensor | None = None) -> Sample:
+        """Training sample from a prompt and the image's VQ codes ([num_image_tokens] long), or from
+        its pixels ([3, S, S] in [-1, 1]) to be encoded on the fly (`batch.fill_codes`). With
+        probability `cfg_dropout` the prompt becomes the unconditional row used at sampling."""
+        if (codes is None) == (pixels is None):
+            raise ValueError("give exactly one of codes or pixels")
+        if codes is None:
+            codes = torch.zeros(self.num_image_tokens, dtype=torch.long)  # placeholders, see fill_codes
         codes = torch.as_tensor(codes, dtype=torch.long).flatten()
         if codes.numel() != self.num_image_tokens:
             raise ValueError(f"expected {self.num_image_tokens} image codes, got {codes.numel()}")
@@ -218,6 +223,7 @@ class JanusProcessor:
         return Sample(
             input_ids=ids, text_labels=torch.full_like(ids, IGNORE), gen_labels=gen_labels,
             gen_mask=gen_mask, image_mask=torch.zeros_like(ids, dtype=torch.bool), task="t2i",
+            gen_pixels=pixels,
         )
 
     # ---- images ---------------------------------------------------------------------------

@@ -1,0 +1,275 @@
+"""The LightningModule: stage freeze policy, the weighted three-task loss, optimisation, logging, FSDP2.
+
+The network (`JanusPro`) is a plain nn.Module built in `configure_model`, so under FSDP2 it is
+created on the meta device, sharded, and only then filled with weights (a 7B model never exists
+whole on one device). Stages are separate runs: start each from the previous one with
+`init_from` (`--ckpt_path` is only for resuming the same run: LightningCLI would overwrite your
+arguments with the checkpoint's).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.optim.lr_scheduler import LambdaLR
+
+from lit_janus.batch import fill_codes
+from lit_janus.config import Config
+from lit_janus.model import JanusPro
+
+# Parameter groups of transformers' Janus (names under JanusForConditionalGeneration).
+PARTS = {
+    "vision": ("model.vision_model.",),
+    "aligner": ("model.aligner.",),
+    "vq": ("model.vqmodel.",),
+    "gen_embed": ("model.generation_embeddings.",),
+    "gen_aligner": ("model.generation_aligner.",),
+    "gen_head": ("model.generation_head.",),
+    "llm": ("model.language_model.", "lm_head."),
+}
+# Janus-Pro Table 2. The VQ tokenizer is never trained here (ShapesWorld trains it separately).
+STAGE_TRAINABLE = {
+    1: ["aligner", "gen_embed", "gen_aligner", "gen_head"],
+    2: ["aligner", "gen_embed", "gen_aligner", "gen_head", "llm"],
+    3: ["aligner", "gen_embed", "gen_aligner", "gen_head", "llm", "vision"],
+}
+
+
+@dataclass
+class LossWeights:
+    """Weights of the per-task mean cross-entropies in the optimised loss (Janus-Pro: all 1)."""
+
+    und: float = 1.0
+    text: float = 1.0
+    gen: float = 1.0
+
+
+class WarmupConstantLR(LambdaLR):
+    """Linear warm-up from ~0 to the base LR over `warmup_steps`, then constant (Janus-Pro's schedule)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0):
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
+        super().__init__(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+
+
+def _default_optimizer(params):
+    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+
+
+class JanusModule(L.LightningModule):
+    def __init__(
+        self,
+        config: str | Config | None = None,
+        tokenizer: str | None = None,
+        init_from: str | None = None,
+        stage: int = 1,
+        trainable: list[str] | None = None,
+        loss_weights: LossWeights | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        scheduler: LRSchedulerCallable | None = None,
+        max_length: int = 4096,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        attn_implementation: str = "sdpa",
+    ):
+        """
+        Args:
+            config: model shapes: a preset name (janus-pro-1b, janus-pro-7b, shapes, tiny) or a full
+                Config. Leave empty with `init_from` pointing at a pretrained directory to take its shapes.
+            tokenizer: directory holding the tokenizer (a checkpoint directory works), or `shapes` for
+                ShapesWorld's. Defaults to `init_from` when that is a pretrained directory.
+            init_from: weights to start from: a pretrained directory (DeepSeek or transformers layout)
+                or a Lightning checkpoint of an earlier stage (file or sharded directory). Not a resume.
+            stage: Janus-Pro training stage (1, 2 or 3); sets which parts train (see STAGE_TRAINABLE).
+            trainable: explicit list of parts to train instead of the stage's (from vision, aligner, vq,
+                gen_embed, gen_aligner, gen_head, llm).
+            loss_weights: weights of the understanding, text and generation losses.
+            optimizer: optimizer factory (called with the trainable parameters after sharding).
+            scheduler: LR scheduler factory, stepped every optimizer step (e.g. WarmupConstantLR).
+            max_length: context length; longer samples are rejected by the processor, never truncated.
+            activation_checkpointing: recompute decoder/vision layers in backward to save memory.
+            compile: torch.compile each decoder layer (GPU).
+            attn_implementation: transformers attention backend (sdpa, eager, flash_attention_2, flex_attention).
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        if stage not in STAGE_TRAINABLE:
+            raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+        self.trainable = list(trainable) if trainable is not None else STAGE_TRAINABLE[stage]
+        unknown = sorted(set(self.trainable) - set(PARTS))
+        if unknown:
+            raise ValueError(f"unknown trainable part(s) {unknown}; choose from {sorted(PARTS)}")
+        self.init_from = init_from
+        self.loss_weights = loss_weights or LossWeights()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.activation_checkpointing = activation_checkpointing
+        self.compile_layers = compile
+        self.attn_implementation = attn_implementation
+        self.config, self.processor = _resolve_config_and_processor(config, tokenizer, init_from, max_length)
+        self.model: JanusPro | None = None
+        self._step_start: float | None = None
+
+    # ---- building -----------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        fsdp = self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy)
+        if fsdp:
+            with torch.device("meta"):
+                model = JanusPro(self.config, self.attn_implementation)
+        else:
+            model = self._load_initial(self.config)
+        self._freeze(model)
+        if self.activation_checkpointing:
+            model.janus.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.compile_layers:
+            for layer in model.llm.layers:
+                layer.compile()
+        if fsdp:
+            from lit_janus.sharding import materialize_sharded, shard_model
+
+            shard_model(model, self.device_mesh["data_parallel"], self.trainer.precision)
+            materialize_sharded(model, self.trainer.strategy.root_device, self._initial_state_dict)
+        self.model = model
+
+    def _initial_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full state dict (transformers keys) of `init_from`, or None for random init."""
+        if not self.init_from:
+            return None
+        from lit_janus.checkpoint import load_any
+
+        model, _ = load_any(self.init_from)
+        return model.janus.state_dict()
+
+    def _load_initial(self, config: Config) -> JanusPro:
+        from lit_janus.checkpoint import build_model, load_any
+
+        if not self.init_from:
+            return build_model(config, attn_implementation=self.attn_implementation)
+        model, _ = load_any(self.init_from, attn_implementation=self.attn_implementation)
+        if model.config.asdict() | {"name": ""} != config.asdict() | {"name": ""}:
+            raise ValueError(f"init_from {self.init_from} has shapes {model.config} but this run expects {config}")
+        return model
+
+    def _freeze(self, model: JanusPro) -> None:
+        prefixes = tuple(p for part in self.trainable for p in PARTS[part])
+        for name, p in model.janus.named_parameters():
+            p.requires_grad_(name.startswith(prefixes))
+
+    def _frozen_modules(self):
+        m = self.model.janus.model
+        parts = {"vision": [m.vision_model], "aligner": [m.aligner], "vq": [m.vqmodel],
+                 "gen_embed": [m.generation_embeddings], "gen_aligner": [m.generation_aligner],
+                 "gen_head": [m.generation_head], "llm": [m.language_model, self.model.janus.lm_head]}
+        return [mod for part, mods in parts.items() if part not in self.trainable for mod in mods]
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (no dropout / batch statistics) even while training."""
+        super().train(mode)
+        if mode and self.model is not None:
+            for mod in self._frozen_modules():
+                mod.eval()
+        return self
+
+    # ---- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"nothing to train: trainable parts {self.trainable} have no parameters")
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by total norm (works on FSDP2's DTensor gradients) and log the pre-clip norm."""
+        if gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val or float("inf"))
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    # ---- steps ------------------------------------------------------------------------------
+    def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "gen_pixels" in batch:  # text-to-image targets tokenised on the fly by the frozen VQ
+            batch = fill_codes(batch, self.model.encode_images(batch["gen_pixels"]))
+        return batch
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        batch = self._prepare(batch)
+        out = self.model(batch)
+        w = self.loss_weights
+        loss = w.und * out["und_loss"] + w.text * out["text_loss"] + w.gen * out["gen_loss"]
+        n_rows = batch["input_ids"].shape[0]
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=n_rows,
+                 sync_dist=not on_step)
+        for task in ("und", "text", "gen"):
+            n = int(out[f"{task}_tokens"])
+            if n:
+                self.log(f"{split}/{task}_loss", out[f"{task}_loss"], on_step=on_step, on_epoch=not on_step,
+                         batch_size=n, sync_dist=not on_step)
+                self.log(f"{split}/{task}_acc", out[f"{task}_correct"].float() / n, on_step=on_step,
+                         on_epoch=not on_step, batch_size=n, sync_dist=not on_step)
+        for key, value in batch.items():
+            if key.startswith("skipped_"):
+                self.log(f"data/{key}", value.float().sum(), on_step=on_step, on_epoch=not on_step,
+                         reduce_fx="sum", batch_size=1)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._shared_step(batch, "train")
+        tokens = int((batch["task_ids"] > 0).sum())
+        now = time.perf_counter()
+        if self._step_start is not None:
+            self.log("train/tokens_per_sec", tokens / max(now - self._step_start, 1e-9), on_step=True, prog_bar=True)
+        self._step_start = now
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        return self._shared_step(batch, "val")
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Make every Lightning checkpoint self-describing: shapes, tokenizer files, image settings,
+        so `lit_janus.convert` and `init_from` need nothing else."""
+        from lit_janus.checkpoint import lightning_metadata
+
+        checkpoint["lit_janus"] = lightning_metadata(self.config, self.processor)
+
+
+def _resolve_config_and_processor(config, tokenizer, init_from, max_length):
+    from lit_janus.checkpoint import read_config_and_processor, processor_for
+
+    if isinstance(config, str):
+        config = Config.from_name(config)
+    if init_from and config is None:
+        config, processor = read_config_and_processor(init_from, max_length=max_length)
+        if tokenizer is None:
+            return config, processor
+    if config is None:
+        raise ValueError("set `config` (a preset name or shapes) or `init_from` (a pretrained directory)")
+    if tokenizer is None:
+        if init_from is None:
+            raise ValueError("set `tokenizer` (a directory, or `shapes`) when not starting from a checkpoint")
+        _, processor = read_config_and_processor(init_from, max_length=max_length)
+    else:
+        processor = processor_for(tokenizer, config, max_length=max_length)
+    config.image_token_id = processor.image_id
+    if len(processor.tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(processor.tokenizer)} tokens but config.vocab_size={config.vocab_size}")
+    return config, processor

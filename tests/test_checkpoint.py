@@ -1,0 +1,145 @@
+"""Loading, converting and rejecting checkpoints (transformers layout; DeepSeek's is in test_deepseek_layout.py)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from lit_janus.checkpoint import CheckpointError, detect_layout, load_any, load_pretrained, save_transformers
+from lit_janus.convert import main as convert_main
+
+
+def _ids(p):
+    return torch.tensor([p.t2i_prompt_ids("a red circle")])
+
+
+@torch.no_grad()
+def test_transformers_layout_round_trip(tiny_hf_dir, tiny_model, tiny_processor):
+    assert detect_layout(tiny_hf_dir) == "transformers"
+    model, proc = load_pretrained(tiny_hf_dir)
+    assert proc.image_id == tiny_processor.image_id and proc.pad_id == tiny_processor.pad_id
+    assert model.config.asdict() | {"name": ""} == tiny_model.config.asdict() | {"name": ""}
+    ids = _ids(proc)
+    torch.testing.assert_close(model.janus(input_ids=ids).logits, tiny_model.janus(input_ids=ids).logits, rtol=0, atol=0)
+    cfg = json.loads((tiny_hf_dir / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False and cfg["text_config"]["tie_word_embeddings"] is False
+
+
+def test_transformers_processor_loads_what_we_write(tiny_hf_dir):
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(str(tiny_hf_dir))
+    assert proc.image_token == "<image_placeholder>" and proc.num_image_tokens == 16
+
+
+def test_convert_cli_reconverts(tmp_path, tiny_hf_dir, tiny_model, tiny_processor):
+    dst = tmp_path / "out"
+    assert convert_main([str(tiny_hf_dir), str(dst), "--dtype", "bfloat16"]) == 0
+    model, _ = load_pretrained(dst)
+    assert model.llm.embed_tokens.weight.dtype == torch.float32  # loaded as float32 by default
+    ref = tiny_model.llm.embed_tokens.weight.to(torch.bfloat16).float()
+    assert torch.equal(model.llm.embed_tokens.weight, ref)
+    assert not (tmp_path / "out.tmp").exists()
+
+
+def _copy(src, tmp_path, name="ck"):
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_neither_layout(tmp_path, tiny_hf_dir):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_pretrained(tmp_path / "empty")
+    d = _copy(tiny_hf_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "llama"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="model_type 'llama'"):
+        load_pretrained(d)
+    with pytest.raises(CheckpointError, match="neither a pretrained directory"):
+        load_any(tmp_path / "empty")
+
+
+def test_no_tokenizer(tmp_path, tiny_hf_dir):
+    d = _copy(tiny_hf_dir, tmp_path)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (d / f).unlink()
+    with pytest.raises(CheckpointError, match="has no tokenizer"):
+        load_pretrained(d)
+
+
+def test_missing_shard_and_corrupt_file(tmp_path, tiny_hf_dir):
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(tiny_hf_dir, tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    keys = sorted(sd)
+    half = len(keys) // 2
+    save_file({k: sd[k] for k in keys[:half]}, str(d / "model-00001-of-00002.safetensors"))
+    save_file({k: sd[k] for k in keys[half:]}, str(d / "model-00002-of-00002.safetensors"))
+    (d / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {k: f"model-0000{1 + (i >= half)}-of-00002.safetensors" for i, k in enumerate(keys)}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    model, _ = load_pretrained(d)  # sharded loads
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors"):
+        load_pretrained(d)
+    (d / "model-00002-of-00002.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read weight file .*model-00002"):
+        load_pretrained(d)
+
+
+def test_shape_mismatch_and_unknown_keys(tmp_path, tiny_hf_dir):
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(tiny_hf_dir, tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["model.generation_head.vision_head.weight"] = torch.zeros(3, 3)
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.generation_head.vision_head.weight: checkpoint \(3, 3\)"):
+        load_pretrained(d)
+    sd = load_file(str(tiny_hf_dir / "model.safetensors"))
+    sd["model.extra.weight"] = torch.zeros(1)
+    del sd["model.aligner.fc1.bias"]
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing 1 key\(s\) \['model.aligner.fc1.bias'\].*model.extra.weight"):
+        load_pretrained(d)
+
+
+def test_bin_checkpoints_load_with_weights_only(tmp_path, tiny_hf_dir, tiny_model):
+    """A pickle holding anything but tensors is refused (weights_only=True), never executed."""
+    from safetensors.torch import load_file
+
+    d = _copy(tiny_hf_dir, tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    torch.save(sd, d / "pytorch_model.bin")
+    model, _ = load_pretrained(d)
+    assert torch.equal(model.lm_head.weight, tiny_model.lm_head.weight)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, d / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="cannot read weight file"):
+        load_pretrained(d)
+
+
+def test_save_is_atomic(tmp_path, tiny_model, tiny_processor, monkeypatch):
+    dst = tmp_path / "out"
+    save_transformers(tiny_model, tiny_processor, dst)
+    before = sorted(p.name for p in dst.iterdir())
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(type(tiny_processor.tokenizer), "save_pretrained", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_transformers(tiny_model, tiny_processor, dst)
+    assert sorted(p.name for p in dst.iterdir()) == before  # the previous export is intact

@@ -1,0 +1,152 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lit_janus.batch import IGNORE, collate
+from lit_janus.vq import l2_nearest_code, vq_decode, vq_encode
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_hf_dir):
+    """transformers' own JanusForConditionalGeneration, loaded from what we saved."""
+    from transformers import JanusForConditionalGeneration
+
+    return JanusForConditionalGeneration.from_pretrained(str(tiny_hf_dir)).eval()
+
+
+def _image(seed=0, size=(37, 23)):
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(arr)
+
+
+@torch.no_grad()
+def test_understanding_logits_match_transformers(tiny_model, tiny_processor, hf_model):
+    p = tiny_processor
+    s = p.understanding_sample(_image(), "what colour is the square?", "green")
+    ids, pix = s.input_ids[None], s.pixel_values
+    embeds = tiny_model.input_embeddings(ids, image_mask=s.image_mask[None], pixel_values=pix)
+    ours = tiny_model.text_logits(tiny_model.hidden_states(embeds))
+    theirs = hf_model(input_ids=ids, pixel_values=pix).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert ours.abs().max() > 0
+
+
+@torch.no_grad()
+def test_generation_loss_matches_transformers_gen_head(tiny_model, tiny_processor, hf_model):
+    """gen_head logits at <boi>, code0..code_{N-2} predict code0..code_{N-1} (first code supervised)."""
+    p = tiny_processor
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, tiny_model.config.codebook_size, (p.num_image_tokens,), generator=g)
+    prompt = torch.tensor(p.t2i_prompt_ids("a photo of two blue squares"))
+    embeds = torch.cat([hf_model.get_input_embeddings()(prompt),
+                        hf_model.prepare_embeddings_for_image_generation(codes[:-1])])[None]
+    h = hf_model.model.language_model(inputs_embeds=embeds).last_hidden_state
+    logits = hf_model.model.generation_head(h)[0, len(prompt) - 1 :]
+    assert logits.shape[0] == p.num_image_tokens
+    expected = F.cross_entropy(logits, codes)
+    out = tiny_model(collate([p.t2i_sample("a photo of two blue squares", codes)], p.pad_id))
+    torch.testing.assert_close(out["gen_loss"], expected, rtol=1e-5, atol=1e-5)
+    assert int(out["gen_tokens"]) == p.num_image_tokens
+    assert int(out["und_tokens"]) == 0 and int(out["text_tokens"]) == 0 and float(out["und_loss"]) == 0
+
+
+@torch.no_grad()
+def test_loss_masks_by_hand(tiny_model, tiny_processor):
+    """Recompute each task's loss from full logits at positions chosen by hand."""
+    p, m = tiny_processor, tiny_model
+    und = p.understanding_sample(_image(2), "how many circles are there?", "three")
+    txt = p.text_sample("the triangle is left of the circle.")
+    out = m(collate([und], p.pad_id))
+    h = m.hidden_states(m.input_embeddings(und.input_ids[None], image_mask=und.image_mask[None],
+                                           pixel_values=und.pixel_values))[0]
+    answer = p.encode(" three") + [p.eos_id]
+    L = len(und)
+    positions = list(range(L - len(answer) - 1, L - 1))  # the last prompt token .. the second-to-last answer token
+    want = F.cross_entropy(m.text_logits(h[positions]), torch.tensor(answer))
+    torch.testing.assert_close(out["und_loss"], want)
+    assert int(out["und_tokens"]) == len(answer)
+
+    out = m(collate([txt], p.pad_id))
+    h = m.hidden_states(m.input_embeddings(txt.input_ids[None]))[0]
+    want = F.cross_entropy(m.text_logits(h[:-1]), txt.input_ids[1:])
+    torch.testing.assert_close(out["text_loss"], want)
+    assert int(out["text_tokens"]) == len(txt) - 1
+
+
+@torch.no_grad()
+def test_packed_rows_never_attend_across_documents(tiny_model, tiny_processor):
+    p, m = tiny_processor, tiny_model
+    codes = torch.arange(p.num_image_tokens) % m.config.codebook_size
+    t2i = p.t2i_sample("a red circle", codes)
+    txt = p.text_sample("the triangle is left of the circle.")
+    txt2 = p.text_sample("how many circles are there?")
+    und = p.understanding_sample(_image(3), "what colour?", "green")
+    alone = {s.task: m(collate([s], p.pad_id)) for s in (t2i, txt, und)}
+    width = len(t2i) + len(txt) + len(und) + 5
+    packed = collate([t2i, txt, und], p.pad_id, pack_length=width)
+    assert packed["input_ids"].shape == (1, width)  # one row holding all three documents
+    starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert starts == [0, len(t2i), len(t2i) + len(txt)]
+    out = m(packed)
+    for task, key in (("t2i", "gen"), ("text", "text"), ("und", "und")):
+        torch.testing.assert_close(out[f"{key}_loss"], alone[task][f"{key}_loss"], rtol=1e-4, atol=1e-5)
+    # changing the first document changes nothing for the others
+    swapped = m(collate([p.t2i_sample("a photo of two blue squares", codes), txt, und], p.pad_id, pack_length=width + 8))
+    torch.testing.assert_close(swapped["text_loss"], out["text_loss"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(swapped["und_loss"], out["und_loss"], rtol=1e-4, atol=1e-5)
+    # two docs of the same task in one row: the mean over both equals the token-weighted mean alone
+    both = m(collate([txt, txt2], p.pad_id, pack_length=len(txt) + len(txt2)))
+    a, b = alone["text"], m(collate([txt2], p.pad_id))
+    want = (a["text_loss"] * a["text_tokens"] + b["text_loss"] * b["text_tokens"]) / (a["text_tokens"] + b["text_tokens"])
+    torch.testing.assert_close(both["text_loss"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_rows_do_not_count(tiny_model, tiny_processor):
+    p, m = tiny_processor, tiny_model
+    short, long = p.text_sample("yes"), p.text_sample("the triangle is left of the circle.")
+    b = collate([short, long], p.pad_id)
+    assert b["input_ids"].shape == (2, len(long)) and (b["task_ids"][0, len(short):] == 0).all()
+    with torch.no_grad():
+        out = m(b)
+    assert int(out["text_tokens"]) == len(short) - 1 + len(long) - 1
+
+
+def test_missing_image_features_are_an_error(tiny_model, tiny_processor):
+    p = tiny_processor
+    und = p.understanding_sample(_image(), "what colour?", "green")
+    b = collate([und], p.pad_id)
+    b["pixel_values"] = torch.cat([b["pixel_values"], b["pixel_values"]])
+    with pytest.raises(ValueError, match="image placeholder positions"):
+        tiny_model(b)
+
+
+def test_l2_lookup_differs_from_plain_nearest_neighbour():
+    z = torch.tensor([[1.0, 0.0]])
+    codebook = torch.tensor([[10.0, 1.0], [0.5, 0.5]])  # far but same direction vs near but 45 degrees off
+    plain = torch.cdist(z, codebook).argmin(1)
+    assert int(plain) == 1 and int(l2_nearest_code(z, codebook)) == 0
+
+
+@torch.no_grad()
+def test_vq_encode_uses_cosine_lookup_and_decodes(tiny_model):
+    vq = tiny_model.vq
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    codes = vq_encode(vq, pixels)
+    assert codes.shape == (2, tiny_model.config.num_image_tokens)
+    # DeepSeek's lookup is invariant to rescaling codebook rows; transformers' plain search is not
+    original = vq.quantize.embedding.weight.clone()
+    try:
+        scale = torch.rand(original.shape[0], 1, generator=g) * 10 + 0.1
+        vq.quantize.embedding.weight.mul_(scale)
+        assert torch.equal(vq_encode(vq, pixels), codes)
+        hf_codes = vq.encode(pixels).image_tokens.view(2, -1)
+        assert not torch.equal(hf_codes, codes)
+    finally:
+        vq.quantize.embedding.weight.copy_(original)
+    out = vq_decode(vq, codes)
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="codes must lie in"):
+        vq_decode(vq, codes + 1000)

@@ -1,0 +1,122 @@
+import pytest
+import torch
+import lightning as L
+
+from lit_janus.module import PARTS, JanusModule, WarmupConstantLR
+from synthetic import SyntheticData
+
+
+def _trainer(tmp_path, **kw):
+    args = dict(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                gradient_clip_val=1.0)
+    args.update(kw)
+    return L.Trainer(**args)
+
+
+def _module(tiny_hf_dir, **kw):
+    opt = lambda params: torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)  # noqa: E731
+    return JanusModule(init_from=str(tiny_hf_dir), optimizer=opt, **kw)
+
+
+@pytest.mark.parametrize("stage,trainable", [
+    (1, {"aligner", "gen_embed", "gen_aligner", "gen_head"}),
+    (2, {"aligner", "gen_embed", "gen_aligner", "gen_head", "llm"}),
+    (3, {"aligner", "gen_embed", "gen_aligner", "gen_head", "llm", "vision"}),
+])
+def test_stage_freeze_policy(tmp_path, tiny_hf_dir, tiny_processor, stage, trainable):
+    module = _module(tiny_hf_dir, stage=stage)
+    module.configure_model()
+    before = {k: v.detach().clone() for k, v in module.model.janus.named_parameters()}
+    _trainer(tmp_path).fit(module, SyntheticData(tiny_processor))
+    changed_parts = set()
+    for name, p in module.model.janus.named_parameters():
+        part = next(k for k, prefixes in PARTS.items() if name.startswith(prefixes))
+        changed = not torch.equal(before[name], p.detach())
+        assert p.requires_grad == (part in trainable), name
+        if changed:
+            assert part in trainable, f"{name} ({part}) changed in stage {stage}"
+            changed_parts.add(part)
+    assert changed_parts == trainable  # every trained part actually moved
+    # frozen parts stay in eval mode while training
+    module.train()
+    assert not module.model.vq.training
+    assert module.model.vision.training == ("vision" in trainable)
+    assert module.model.llm.training == ("llm" in trainable)
+
+
+def test_unknown_part_and_stage():
+    with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
+        JanusModule(config="tiny", tokenizer="x", stage=4)
+    with pytest.raises(ValueError, match="unknown trainable part"):
+        JanusModule(config="tiny", tokenizer="x", trainable=["llm", "decoder"])
+
+
+def test_warmup_then_constant():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupConstantLR(opt, warmup_steps=4)
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_logs_three_losses_and_encodes_images_on_the_fly(tmp_path, tiny_hf_dir, tiny_processor):
+    module = _module(tiny_hf_dir, stage=2)
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(module, SyntheticData(tiny_processor, pixels=True))
+    m = trainer.callback_metrics
+    for key in ("train/und_loss", "train/text_loss", "train/gen_loss", "train/gen_acc", "train/grad_norm",
+                "train/tokens_per_sec"):
+        assert key in m and torch.isfinite(m[key]), key
+
+
+def test_resume_gives_the_same_losses(tmp_path, tiny_hf_dir, tiny_processor):
+    """4 uninterrupted steps vs 2 steps + checkpoint + resume for 2 more (model, AdamW and LR
+    schedule state all restored). The synthetic data repeats one batch, so only state matters."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Losses(Callback):
+        def __init__(self):
+            self.values = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.values.append(float(outputs["loss"]))
+
+    def module():
+        sched = lambda opt: WarmupConstantLR(opt, warmup_steps=3)  # noqa: E731
+        return _module(tiny_hf_dir, stage=2, scheduler=sched)
+
+    straight = Losses()
+    torch.manual_seed(0)
+    _trainer(tmp_path / "a", max_steps=4, callbacks=[straight]).fit(module(), SyntheticData(tiny_processor))
+    first, second = Losses(), Losses()
+    t = _trainer(tmp_path / "b", max_steps=2, callbacks=[first], enable_checkpointing=True)
+    t.fit(module(), SyntheticData(tiny_processor))
+    ckpt = tmp_path / "b" / "mid.ckpt"
+    t.save_checkpoint(ckpt)
+    _trainer(tmp_path / "b", max_steps=4, callbacks=[second]).fit(module(), SyntheticData(tiny_processor), ckpt_path=ckpt)
+    assert len(straight.values) == 4 and len(first.values) + len(second.values) == 4
+    assert first.values + second.values == pytest.approx(straight.values, rel=1e-5, abs=1e-6)
+
+
+def test_lightning_checkpoint_exports_and_inits_next_stage(tmp_path, tiny_hf_dir, tiny_processor):
+    from lit_janus.checkpoint import load_any, load_pretrained
+    from lit_janus.convert import main as convert_main
+
+    module = _module(tiny_hf_dir, stage=2)
+    t = _trainer(tmp_path, max_steps=1)
+    t.fit(module, SyntheticData(tiny_processor))
+    ckpt = tmp_path / "stage2.ckpt"
+    t.save_checkpoint(ckpt)
+    model, proc = load_any(ckpt)
+    assert torch.equal(model.lm_head.weight, module.model.lm_head.weight)
+    assert proc.image_id == tiny_processor.image_id
+    assert convert_main([str(ckpt), str(tmp_path / "hf")]) == 0
+    exported, _ = load_pretrained(tmp_path / "hf")
+    assert torch.equal(exported.gen_head.vision_head.weight, module.model.gen_head.vision_head.weight)
+    nxt = JanusModule(init_from=str(ckpt), stage=3)  # shapes and tokenizer come from the checkpoint
+    nxt.configure_model()
+    assert torch.equal(nxt.model.aligner.fc1.weight, module.model.aligner.fc1.weight)

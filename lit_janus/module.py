@@ -9,6 +9,7 @@ arguments with the checkpoint's).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,10 @@ class JanusModule(L.LightningModule):
             attn_implementation: transformers attention backend (sdpa, eager, flash_attention_2, flex_attention).
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # plain values only: sharded checkpoints reload their metadata with weights_only=True
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "config", "loss_weights"])
+        self.hparams["config"] = config.asdict() if isinstance(config, Config) else config
+        self.hparams["loss_weights"] = dataclasses.asdict(loss_weights or LossWeights())
         if stage not in STAGE_TRAINABLE:
             raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
         self.trainable = list(trainable) if trainable is not None else STAGE_TRAINABLE[stage]

@@ -529,7 +529,9 @@ def config_from_dict(d: dict) -> DeepSeekRefConfig:
     v, g, lang = d["vision_config"]["params"], d["gen_vision_config"]["params"], d["language_config"]
     kw = dict(llm_layers=lang["num_hidden_layers"], llm_hidden=lang["hidden_size"], llm_heads=lang["num_attention_heads"],
               llm_kv_heads=lang["num_key_value_heads"], llm_ffn=lang["intermediate_size"], vocab_size=lang["vocab_size"],
-              gen_head_embed=d["gen_head_config"]["params"]["image_token_embed"])
+              rms_norm_eps=lang.get("rms_norm_eps", 1e-6), rope_theta=lang.get("rope_theta", 10000.0))
+    if d["gen_head_config"]["params"]["image_token_embed"] != lang["hidden_size"]:
+        kw["gen_head_embed"] = d["gen_head_config"]["params"]["image_token_embed"]
     kw.update(SIGLIP_L if "width" not in v else dict(
         image_size=v["image_size"], vision_width=v["width"], vision_depth=v["layers"], vision_heads=v["heads"],
         patch_size=v["patch_size"], mlp_ratio=v["mlp_ratio"]))

@@ -58,6 +58,7 @@ CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for c, s in ALL_COMBOS)
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 COUNTS: tuple[int, ...] = (2, 3, 4)  # GenEval's counting prompts use two to four
+MAX_OBJECTS = 4
 QA_TYPES: tuple[str, ...] = ("color", "count", "shape", "position", "exists", "describe")
 NUMBER_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
@@ -260,7 +261,7 @@ def random_scene(
     rng: random.Random, n_objects: int | None = None, combos: Sequence[tuple[str, str]] = ALL_COMBOS
 ) -> Scene:
     """1-4 objects with distinct colour-shape combos, so 'the red circle' always names one object."""
-    n = n_objects if n_objects is not None else rng.randint(1, 4)
+    n = n_objects if n_objects is not None else rng.randint(1, MAX_OBJECTS)
     picked = rng.sample(list(combos), n)
     return Scene(place(rng, [(s, c, _size(rng)) for c, s in picked]))
 
@@ -378,7 +379,7 @@ def vocabulary() -> list[str]:
     """Every token any generator can emit (see ``split_words``), sorted; for a word-level tokenizer."""
     words = {
         *COLORS, *SHAPES, *(s + "s" for s in SHAPES), *SIZES, *NUMBER_WORDS, *PUNCTUATION,
-        *(str(n) for n in range(len(NUMBER_WORDS))),
+        *(str(n) for n in range(MAX_OBJECTS + 1)),  # count answers
         *(w for rel in RELATIONS for w in rel.split()),
         # prompt, question, answer and sentence templates
         "a", "an", "photo", "of", "and", "what", "color", "shape", "is", "the", "object", "objects",

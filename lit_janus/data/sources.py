@@ -1,0 +1,348 @@
+"""Where raw training records come from. A source yields plain dicts; `tasks.py` turns them into `Sample`s.
+
+Record formats (one JSON object per line in a manifest; relative paths resolve against the
+manifest's directory):
+
+understanding (`und`)
+    {"image": "a.jpg", "conversations": [{"role": "user", "content": "What is this?"},
+                                         {"role": "assistant", "content": "A red circle."}, ...]}
+    {"image": "a.jpg", "question": "What is this?", "answer": "A red circle."}
+  `"images": [...]` gives several images (all placed before the first question). LLaVA-style turns
+  (`{"from": "human"|"gpt", "value": ...}`) are accepted too, and an `<image>` marker in the first
+  user turn is dropped (the images always go first, as in DeepSeek's template). Every assistant
+  turn of a multi-turn conversation is supervised; a trailing unanswered user turn is dropped.
+text (`text`)
+    {"text": "..."}
+text-to-image (`t2i`)
+    {"image": "x.jpg", "caption": "..."}                          VQ-encoded on the fly by the model
+    {"codes": "x.npy", "caption": "..."}                          pre-extracted codes, one file per image
+    {"codes": [17, 4, ...], "caption": "..."}                     codes inline
+    {"codes": "codes.npy", "codes_row": 12, "caption": "..."}     row 12 of one [N, tokens] array
+  (`"prompt"` is accepted for `"caption"`; when a record has both codes and an image, the codes win.)
+  Pre-extracted manifests are written by the `predict` config `configs/predict/extract_codes.yaml`.
+
+Sources:
+- `JsonlSource`       a JSONL manifest (indexed by byte offsets: workers share no Python objects);
+- `ClassFolderSource` ImageNet-style `root/<class>/*.jpg` for Stage I: t2i records whose caption is the
+                      class name (from `classes.json`, `synset_words.txt` or the folder name);
+- `ShapesSource`      ShapesWorld records of any length, a pure function of (seed, index);
+- `StreamingSource`   a litdata directory written by `python -m lit_janus.data.optimize` (image bytes
+                      inside; local or cloud), read in litdata's chunk-aware shuffled order.
+The first three are map-style (`len`, `[i]`); a streaming source is iterated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class BadRecord(ValueError):
+    """A record that cannot become a training sample (malformed, missing field, unreadable file)."""
+
+
+class Source(ABC):
+    """Map-style collection of raw records (dicts in the formats of the module docstring)."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """The record at `index`; raises `BadRecord` (or OSError/ValueError) for a broken one."""
+
+    def locate(self, index: int) -> str:
+        """Where record `index` lives, for error messages."""
+        return f"{type(self).__name__}[{index}]"
+
+
+# ------------------------------------------------------------------------------------------------
+# JSONL manifests
+# ------------------------------------------------------------------------------------------------
+PATH_KEYS = ("image", "images", "codes")
+
+
+def resolve_paths(record: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Make the relative file paths of a record absolute against `root` (a manifest's directory)."""
+    for key in PATH_KEYS:
+        value = record.get(key)
+        if isinstance(value, str):
+            record[key] = str(root / value)
+        elif key == "images" and isinstance(value, list):
+            record[key] = [str(root / v) if isinstance(v, str) else v for v in value]
+    return record
+
+
+class JsonlSource(Source):
+    """A JSONL manifest, one record per line (blank lines ignored).
+
+    Only the byte offset of each line is kept in memory, in a numpy array: a Python list of dicts
+    would be copied page by page into every DataLoader worker as reference counts change."""
+
+    def __init__(self, path: str, root: str | None = None):
+        """
+        Args:
+            path: the manifest (`.jsonl`).
+            root: directory that relative paths resolve against (default: the manifest's directory).
+        """
+        self.path = Path(path)
+        self.root = Path(root) if root is not None else self.path.parent
+        self._offsets: np.ndarray | None = None
+        self._file = None
+        self._pid = None
+
+    def _index(self) -> np.ndarray:
+        if self._offsets is None:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"manifest not found: {self.path}")
+            offsets, at = [], 0
+            with open(self.path, "rb") as f:
+                for line in f:
+                    if line.strip():
+                        offsets.append(at)
+                    at += len(line)
+            self._offsets = np.asarray(offsets, dtype=np.int64)
+        return self._offsets
+
+    def __len__(self) -> int:
+        return len(self._index())
+
+    def _handle(self):
+        # one handle per process: a handle inherited through fork shares its file position
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = open(self.path, "rb"), os.getpid()
+        return self._file
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        f = self._handle()
+        f.seek(int(self._index()[index]))
+        line = f.readline()
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadRecord(f"invalid JSON: {e}") from None
+        if not isinstance(record, dict):
+            raise BadRecord(f"expected a JSON object, got {type(record).__name__}")
+        return resolve_paths(record, self.root)
+
+    def locate(self, index: int) -> str:
+        return f"{self.path}, record {index}"
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"] = state["_pid"] = None  # open files do not pickle (spawned workers)
+        return state
+
+
+# ------------------------------------------------------------------------------------------------
+# ImageNet-style class folders (Stage I: class name -> image)
+# ------------------------------------------------------------------------------------------------
+def read_class_names(path: Path) -> dict[str, str] | list[str]:
+    """A class-name mapping: JSON (`{"n01440764": "tench"}` or a list in sorted-folder order), or
+    text lines `FOLDER NAME...` (`synset_words.txt`: `n01440764 tench, Tinca tinca`)."""
+    if path.suffix == ".json":
+        names = json.loads(path.read_text())
+        if not isinstance(names, (dict, list)):
+            raise ValueError(f"{path}: expected a JSON object or list of class names")
+        # ImageNet's classic index file maps "0" -> ["n01440764", "tench"]
+        if isinstance(names, dict) and all(isinstance(v, list) and len(v) == 2 for v in names.values()):
+            names = {folder: name for folder, name in names.values()}
+        return names
+    out = {}
+    for line in path.read_text().splitlines():
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) == 2:
+            out[parts[0]] = parts[1]
+    return out
+
+
+class ClassFolderSource(Source):
+    """`root/<class>/*.jpg` as text-to-image records `{"image", "caption": class name, "label"}`.
+
+    Janus-Pro Stage I trains generation on ImageNet with the class name as the prompt. The class
+    name comes from `class_names` (or a `classes.json` / `synset_words.txt` found in `root` or its
+    parent); otherwise from the folder name with `_` read as a space. Of comma-separated synonyms
+    ("tench, Tinca tinca") the first is used unless `first_synonym` is off."""
+
+    def __init__(self, root: str, class_names: str | None = None, first_synonym: bool = True):
+        """
+        Args:
+            root: the directory holding one sub-directory per class.
+            class_names: a JSON or `synset_words.txt`-style file mapping folder names to class names.
+            first_synonym: keep only the text before the first comma of a class name.
+        """
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"class-folder root not found: {self.root}")
+        folders = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        if not folders:
+            raise ValueError(f"{self.root} has no class sub-directories")
+        mapping_file = Path(class_names) if class_names else self._find_mapping()
+        mapping = read_class_names(mapping_file) if mapping_file else {}
+        if isinstance(mapping, list):
+            if len(mapping) != len(folders):
+                raise ValueError(f"{mapping_file} lists {len(mapping)} names for {len(folders)} class folders")
+            mapping = dict(zip(folders, mapping))
+        names = []
+        for folder in folders:
+            name = mapping.get(folder, folder.replace("_", " "))
+            names.append(name.split(",")[0].strip() if first_synonym else name.strip())
+        self.class_names = names
+        paths, labels = [], []
+        for label, folder in enumerate(folders):
+            for f in sorted((self.root / folder).iterdir()):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    paths.append(f"{folder}/{f.name}".encode())
+                    labels.append(label)
+        if not paths:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
+        # fixed-width bytes: no per-path Python objects to copy into each worker
+        self._paths = np.asarray(paths, dtype=np.bytes_)
+        self._labels = np.asarray(labels, dtype=np.int32)
+
+    def _find_mapping(self) -> Path | None:
+        for d in (self.root, self.root.parent):
+            for name in ("classes.json", "synset_words.txt", "LOC_synset_mapping.txt"):
+                if (d / name).is_file():
+                    return d / name
+        return None
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        label = int(self._labels[index])
+        return {"image": str(self.root / self._paths[index].decode()), "caption": self.class_names[label],
+                "label": label}
+
+    def locate(self, index: int) -> str:
+        return str(self.root / self._paths[index].decode())
+
+
+# ------------------------------------------------------------------------------------------------
+# ShapesWorld
+# ------------------------------------------------------------------------------------------------
+class ShapesSource(Source):
+    """ShapesWorld records, `length` of them, each a pure function of (seed, index).
+
+    kinds: `qa` (understanding question/answer on a 1-4 object scene), `text` (sentences), `t2i`
+    (prompts in the six GenEval categories), `class` (Stage I class-name prompts, e.g. "red circle").
+    Use another `seed` for held-out validation data of the same distribution."""
+
+    def __init__(self, kind: Literal["qa", "text", "t2i", "class"], length: int = 100_000, seed: int = 0,
+                 split: Literal["train", "heldout"] = "train", image_size: int = 64):
+        """
+        Args:
+            kind: which ShapesWorld generator.
+            length: number of records (the world is infinite; this sets an epoch).
+            seed: world seed.
+            split: `heldout` draws t2i/class targets only from the held-out colour-shape combos.
+            image_size: rendered image side in pixels.
+        """
+        from lit_janus.shapes import ShapesWorld
+
+        if kind not in ("qa", "text", "t2i", "class"):
+            raise ValueError(f"unknown ShapesWorld kind {kind!r}; choose qa, text, t2i or class")
+        self.kind, self.length = kind, length
+        self.world = ShapesWorld(seed=seed, image_size=image_size, split=split)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        w = self.world
+        if self.kind == "qa":
+            r = w.qa_sample(index)
+            return {"image": r["image"], "question": r["question"], "answer": r["answer"]}
+        if self.kind == "text":
+            return w.text_sample(index)
+        if self.kind == "t2i":
+            r = w.t2i_sample(index)
+            return {"image": r["image"], "caption": r["prompt"], "category": r["metadata"]["tag"]}
+        r = w.class_sample(index)
+        return {"image": r["image"], "caption": r["class_name"], "label": r["label"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# litdata streaming directories
+# ------------------------------------------------------------------------------------------------
+class StreamingSource:
+    """A litdata directory (local path or `s3://...`) written by `python -m lit_janus.data.optimize`.
+
+    Each item is `{"record": JSON string, "image": bytes}`: the record in the manifest format with
+    the image file's original bytes stored inside (no re-encoding). Iterated with litdata's
+    chunk-aware shuffle; litdata shards chunks over ranks and DataLoader workers itself."""
+
+    def __init__(self, input_dir: str, shuffle: bool = True, cache_dir: str | None = None,
+                 max_cache_size: str | None = None):
+        """
+        Args:
+            input_dir: the optimized directory (or its cloud URL).
+            shuffle: shuffle chunks and items within them every epoch.
+            cache_dir: where litdata caches remote chunks.
+            max_cache_size: cache budget, e.g. "100GB".
+        """
+        self.input_dir, self.shuffle, self.cache_dir, self.max_cache_size = input_dir, shuffle, cache_dir, max_cache_size
+
+    def dataset(self, *, seed: int, rank: int, world_size: int, num_nodes: int = 1):
+        """The litdata `StreamingDataset`, sharded for `rank` of `world_size` (set explicitly: inside a
+        DataLoader worker torch.distributed is not initialised and litdata would see one process)."""
+        try:
+            from litdata import StreamingDataset
+            from litdata.utilities.env import _DistributedEnv
+        except ImportError as e:  # optional extra
+            raise ImportError("streaming sources need litdata: pip install 'lit_janus[streaming]' "
+                              "and `pip install --no-deps litdata`") from e
+        kwargs = {"max_cache_size": self.max_cache_size} if self.max_cache_size else {}
+        ds = StreamingDataset(self.input_dir, cache_dir=self.cache_dir, shuffle=self.shuffle, seed=seed,
+                              drop_last=world_size > 1, **kwargs)
+        ds.distributed_env = _DistributedEnv(world_size=world_size, global_rank=rank, num_nodes=num_nodes)
+        return ds
+
+    def records(self, *, seed: int, rank: int, world_size: int, num_nodes: int = 1,
+                epoch: int = 0) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+        """Endless `(epoch, record)` pairs from `epoch` on; an unparseable item yields its exception."""
+        ds = self.dataset(seed=seed, rank=rank, world_size=world_size, num_nodes=num_nodes)
+        while True:
+            ds.set_epoch(epoch + 1)  # litdata counts epochs from 1
+            empty = True
+            for item in ds:
+                empty = False
+                yield epoch, decode_item(item)
+            if empty:
+                raise ValueError(f"streaming source {self.input_dir} yields nothing on rank {rank}/{world_size}")
+            epoch += 1
+
+    def locate(self, index: int) -> str:
+        return f"{self.input_dir}, item {index}"
+
+
+def decode_item(item: dict[str, Any]) -> dict[str, Any] | Exception:
+    """An optimized item back to a manifest-style record (images as file-like byte buffers)."""
+    try:
+        record = json.loads(item["record"])
+        blob = item.get("image") or b""
+        sizes = record.pop("_image_sizes", None)
+        if sizes is not None:
+            if sum(sizes) != len(blob):
+                raise BadRecord(f"image sizes {sizes} do not add up to {len(blob)} bytes")
+            chunks, at = [], 0
+            for n in sizes:
+                chunks.append(io.BytesIO(blob[at : at + n]))
+                at += n
+            if len(chunks) == 1 and "images" not in record:
+                record["image"] = chunks[0]
+            else:
+                record["images"] = chunks
+        return record
+    except Exception as e:  # noqa: BLE001 - a bad item becomes a skipped sample, not a crash
+        return e if isinstance(e, BadRecord) else BadRecord(f"undecodable item: {e}")

@@ -1,0 +1,45 @@
+"""2-process CPU (gloo) FSDP2 run used by test_fsdp.py: train, save a sharded checkpoint, resume.
+
+usage: python fsdp_run.py PRETRAINED_DIR OUT_DIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import SyntheticData  # noqa: E402
+
+from lit_janus.module import JanusModule  # noqa: E402
+from lit_janus.strategy import FSDP2Strategy  # noqa: E402
+
+
+def trainer(out, steps):
+    return L.Trainer(accelerator="cpu", devices=2, strategy=FSDP2Strategy(), max_steps=steps, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     gradient_clip_val=1.0, default_root_dir=out)
+
+
+def main(pretrained: str, out: str) -> None:
+    torch.manual_seed(0)
+    m = JanusModule(init_from=pretrained, stage=2)
+    t = trainer(out, 2)
+    t.fit(m, SyntheticData(m.processor))
+    t.save_checkpoint(f"{out}/sharded")
+    first = float(t.callback_metrics["train/loss"])
+    m2 = JanusModule(init_from=pretrained, stage=2)
+    t2 = trainer(out, 3)
+    t2.fit(m2, SyntheticData(m2.processor), ckpt_path=f"{out}/sharded")
+    if t2.global_rank == 0:
+        Path(out, "result.json").write_text(json.dumps({
+            "world_size": t.world_size, "step_after_resume": t2.global_step, "loss_step2": first,
+            "loss_step3": float(t2.callback_metrics["train/loss"]),
+            "sharded_params": type(next(m.model.parameters())).__name__,
+        }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,267 @@
+"""ShapesWorld: determinism, held-out combos, GenEval metadata format, Q/A truth, vocabulary coverage."""
+
+import collections
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lit_janus.shapes.world import (
+    BACKGROUND,
+    CATEGORIES,
+    CLASS_NAMES,
+    COLORS,
+    HELDOUT,
+    NUMBER_WORDS,
+    SHAPES,
+    QA_TYPES,
+    Obj,
+    Scene,
+    ShapesWorld,
+    clearly,
+    make_qa,
+    render,
+    split_words,
+    vocabulary,
+)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(
+        np.array_equal(np.asarray(a[k]), np.asarray(b[k])) if k == "image" else a[k] == b[k] for k in a
+    ) and a.keys() == b.keys()
+
+
+def test_samples_are_deterministic_in_seed_and_index():
+    w1, w2, other = ShapesWorld(seed=3), ShapesWorld(seed=3), ShapesWorld(seed=4)
+    for i in (0, 1, 17, 10**9):
+        for method in ("t2i_sample", "class_sample", "qa_sample", "text_sample"):
+            assert _same(getattr(w1, method)(i), getattr(w2, method)(i)), (method, i)
+    # Access order does not matter (map-style, any worker/rank can ask for any index).
+    assert _same(ShapesWorld(seed=3).t2i_sample(5), w1.t2i_sample(5))
+    prompts = lambda w: [w.t2i_sample(i)["prompt"] for i in range(30)]
+    assert prompts(w1) != prompts(other)
+    assert len(set(prompts(w1))) > 10
+
+
+def test_determinism_survives_python_hash_salt():
+    code = "from lit_janus.shapes.world import ShapesWorld; w = ShapesWorld(seed=7); " \
+           "print([w.t2i_sample(i)['prompt'] for i in range(5)], w.text_sample(3), w.qa_sample(2)['question'])"
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={"PYTHONHASHSEED": str(s), "PYTHONPATH": ":".join(sys.path)}).stdout
+        for s in (1, 2)
+    }
+    assert len(outs) == 1 and "a photo of" in outs.pop()
+
+
+def _combos(meta: dict, scene: Scene) -> set[tuple[str, str]]:
+    named = {(r["color"], r["class"]) for r in meta["include"] if "color" in r}
+    return named | {(o.color, o.shape) for o in scene.objects}
+
+
+def test_heldout_combos_never_generation_targets_in_train():
+    w = ShapesWorld(seed=0, split="train")
+    seen = set()
+    for i in range(3000):
+        _, meta, scene = w.t2i_scene(i)
+        seen |= _combos(meta, scene)
+        assert not _combos(meta, scene) & set(HELDOUT), (i, meta)
+    for i in range(1000):
+        assert tuple(w.class_sample(i)["class_name"].split()) not in HELDOUT
+    assert seen == {(c, s) for c in COLORS for s in SHAPES} - set(HELDOUT)  # everything else does appear
+
+
+def test_heldout_split_targets_heldout_combos():
+    w = ShapesWorld(seed=0, split="heldout")
+    named = collections.Counter()
+    for i in range(300):
+        _, meta, scene = w.t2i_scene(i)
+        assert meta["tag"] in ("colors", "color_attr")
+        hits = {(r["color"], r["class"]) for r in meta["include"]} & set(HELDOUT)
+        assert hits and hits <= {(o.color, o.shape) for o in scene.objects}
+        named.update(hits)
+    assert set(named) == set(HELDOUT)
+    assert {tuple(w.class_sample(i)["class_name"].split()) for i in range(100)} == set(HELDOUT)
+    with pytest.raises(ValueError):
+        w.t2i_sample(0, "counting")
+
+
+# Structure of GenEval's evaluation_metadata.jsonl, per tag: top-level keys and include-entry keys.
+GENEVAL_SCHEMA = {
+    "single_object": ({"tag", "include", "prompt"}, [{"class", "count"}]),
+    "two_object": ({"tag", "include", "prompt"}, [{"class", "count"}] * 2),
+    "counting": ({"tag", "include", "exclude", "prompt"}, [{"class", "count"}]),
+    "colors": ({"tag", "include", "prompt"}, [{"class", "count", "color"}]),
+    "position": ({"tag", "include", "prompt"}, [{"class", "count"}, {"class", "count", "position"}]),
+    "color_attr": ({"tag", "include", "prompt"}, [{"class", "count", "color"}] * 2),
+}
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_t2i_metadata_is_geneval_format_and_scene_satisfies_it(category):
+    w = ShapesWorld(seed=1)
+    for i in range(100):
+        prompt, meta, scene = w.t2i_scene(i, category)
+        keys, include_keys = GENEVAL_SCHEMA[category]
+        assert set(meta) == keys and meta["tag"] == category and meta["prompt"] == prompt
+        assert [set(r) for r in meta["include"]] == include_keys
+        assert prompt.startswith("a photo of ")
+        classes = [r["class"] for r in meta["include"]]
+        assert len(set(classes)) == len(classes)  # GenEval never pairs a class with itself
+        for r in meta["include"]:
+            objs = [o for o in scene.objects if o.shape == r["class"] and o.color == r.get("color", o.color)]
+            assert len(objs) == r["count"], (prompt, scene)
+            assert r["class"] in prompt and r.get("color", "") in prompt
+        assert len(scene.objects) == sum(r["count"] for r in meta["include"])  # no distractors
+        if category == "counting":
+            n = meta["include"][0]["count"]
+            assert meta["exclude"] == [{"class": classes[0], "count": n + 1}]
+            assert f"{NUMBER_WORDS[n]} {classes[0]}s" in prompt
+        if category == "position":
+            rel, target = meta["include"][1]["position"]
+            assert target == 0 and f"{classes[1]} {rel} a {classes[0]}" in prompt
+            by_shape = {o.shape: o for o in scene.objects}
+            assert clearly(rel, by_shape[classes[1]], by_shape[classes[0]])
+        if category == "color_attr":
+            assert meta["include"][0]["color"] != meta["include"][1]["color"]
+
+
+def test_objects_never_overlap_and_stay_inside():
+    w = ShapesWorld(seed=2)
+    for i in range(500):
+        scene = w.t2i_scene(i, "counting")[2] if i % 2 else w.t2i_scene(i)[2]
+        for a in scene.objects:
+            assert a.extent / 2 <= a.x <= 1 - a.extent / 2 and a.extent / 2 <= a.y <= 1 - a.extent / 2
+            for b in scene.objects:
+                if a is not b:
+                    need = (a.extent + b.extent) / 2
+                    assert abs(a.x - b.x) >= need or abs(a.y - b.y) >= need
+
+
+@pytest.mark.parametrize("size", [64, 128, 384])
+def test_render_sizes_and_flat_palette_colours(size):
+    scene = Scene([Obj("circle", "red", "large", 0.25, 0.25), Obj("square", "blue", "small", 0.75, 0.3),
+                   Obj("triangle", "yellow", "large", 0.5, 0.75)])
+    img = render(scene, size)
+    assert img.size == (size, size) and img.mode == "RGB"
+    px = np.asarray(img).reshape(-1, 3)
+    colours = {tuple(int(v) for v in c) for c in np.unique(px, axis=0)}
+    assert colours == {BACKGROUND, COLORS["red"], COLORS["blue"], COLORS["yellow"]}
+    # Fill fractions follow the geometry: square box fully, circle ~pi/4, triangle ~1/2 of a 0.28 box.
+    frac = lambda rgb: (px == rgb).all(1).mean() / 0.28**2
+    assert abs(frac(COLORS["red"]) - np.pi / 4) < 0.08 and abs(frac(COLORS["yellow"]) - 0.5) < 0.08
+    assert abs((px == COLORS["blue"]).all(1).mean() / 0.18**2 - 1) < 0.15
+    assert ShapesWorld(image_size=size, antialias=True).t2i_sample(0)["image"].size == (size, size)
+
+
+def test_t2i_category_mix_is_uniform_by_default_and_configurable():
+    tags = collections.Counter(ShapesWorld(seed=0).t2i_sample(i)["metadata"]["tag"] for i in range(1200))
+    assert set(tags) == set(CATEGORIES) and all(120 <= n <= 280 for n in tags.values())
+    w = ShapesWorld(seed=0, t2i_weights={"counting": 1.0, "position": 0.0})
+    assert {w.t2i_sample(i)["metadata"]["tag"] for i in range(50)} == {"counting"}
+
+
+def test_class_samples_have_stable_ids():
+    w = ShapesWorld(seed=0)
+    for i in range(50):
+        s = w.class_sample(i)
+        assert CLASS_NAMES[s["label"]] == s["class_name"] and s["image"].size == (64, 64)
+    assert len(CLASS_NAMES) == 18
+
+
+# A hand-built scene with known answers: red circle (left), green triangle (top middle), blue square (right).
+KNOWN = Scene([
+    Obj("circle", "red", "large", 0.2, 0.6),
+    Obj("triangle", "green", "small", 0.5, 0.2),
+    Obj("square", "blue", "small", 0.8, 0.6),
+])
+
+
+def test_qa_answers_are_correct_on_a_known_scene():
+    colour_of = {o.shape: o.color for o in KNOWN.objects}
+    shape_of = {o.color: o.shape for o in KNOWN.objects}
+    for seed in range(40):
+        rng = random.Random(seed)
+        q, a, t = make_qa(KNOWN, rng, "color")
+        assert t == "color" and a == colour_of[q.split()[-1].rstrip("?")]
+        q, a, _ = make_qa(KNOWN, rng, "shape")
+        assert a == shape_of[q.split()[4]]
+        q, a, _ = make_qa(KNOWN, rng, "count")
+        expected = {"how many objects are there?": "3", "how many circles are there?": "1",
+                    "how many red objects are there?": "1", "how many yellow objects are there?": "0"}
+        if q in expected:
+            assert a == expected[q]
+        assert a in {"0", "1", "3"}
+        q, a, _ = make_qa(KNOWN, rng, "exists")
+        present = any(f" {o.color} {o.shape}?" in q for o in KNOWN.objects)
+        assert a == ("yes" if present else "no")
+    assert make_qa(KNOWN, random.Random(0), "describe")[1] == "a red circle, a green triangle and a blue square"
+    answers = {make_qa(KNOWN, random.Random(s), "position")[:2] for s in range(60)}
+    truth = {
+        ("is the red circle left or right of the blue square?", "left"),
+        ("is the blue square left or right of the red circle?", "right"),
+        ("is the green triangle above or below the red circle?", "above"),
+        ("is the red circle above or below the green triangle?", "below"),
+        ("is the red circle left or right of the green triangle?", "left"),
+        ("is the green triangle left or right of the blue square?", "left"),
+    }
+    assert truth & answers and answers <= truth | {
+        ("is the green triangle left or right of the red circle?", "right"),
+        ("is the blue square left or right of the green triangle?", "right"),
+        ("is the green triangle above or below the blue square?", "above"),
+        ("is the blue square above or below the green triangle?", "below"),
+    }
+
+
+def test_qa_avoids_ambiguous_questions():
+    twins = Scene([Obj("circle", "red", "small", 0.2, 0.2), Obj("circle", "blue", "small", 0.8, 0.8)])
+    for s in range(30):
+        q, a, t = make_qa(twins, random.Random(s))
+        assert q != "what color is the circle?"
+    same_colour = Scene([Obj("circle", "red", "small", 0.2, 0.2), Obj("square", "red", "small", 0.8, 0.8)])
+    assert all(make_qa(same_colour, random.Random(s))[2] != "shape" for s in range(30))
+
+
+def test_qa_samples_cover_all_types_with_short_answers():
+    w = ShapesWorld(seed=0)
+    samples = [w.qa_sample(i) for i in range(600)]
+    assert {s["qtype"] for s in samples} == set(QA_TYPES)
+    for s in samples:
+        assert s["question"].endswith(("?", "."))
+        if s["qtype"] != "describe":
+            assert len(s["answer"].split()) == 1
+
+
+def test_sentences_are_true():
+    w = ShapesWorld(seed=0)
+    for i in range(500):
+        text = w.text_sample(i)["text"]
+        assert text.endswith(".")
+        words = split_words(text)
+        if "plus" in words:
+            a, _, b, _, c, _ = words
+            assert NUMBER_WORDS.index(a) + NUMBER_WORDS.index(b) == NUMBER_WORDS.index(c)
+        if words[1] in ("triangles", "squares") and "corners" in words:
+            per = {"triangles": 3, "squares": 4}[words[1]]
+            assert NUMBER_WORDS.index(words[0]) * per == NUMBER_WORDS.index(words[3])
+
+
+def test_vocabulary_covers_every_generated_word():
+    vocab = set(vocabulary())
+    assert vocabulary() == sorted(vocab) and {".", ",", "?"} <= vocab
+    texts = []
+    for split in ("train", "heldout"):
+        w = ShapesWorld(seed=5, split=split)
+        texts += [w.t2i_sample(i)["prompt"] for i in range(1000)]
+        texts += [w.class_sample(i)["class_name"] for i in range(100)]
+    w = ShapesWorld(seed=5)
+    for i in range(2000):
+        qa = w.qa_sample(i)
+        texts += [qa["question"], qa["answer"], w.text_sample(i)["text"]]
+    used = {tok for t in texts for tok in split_words(t)}
+    assert used <= vocab, used - vocab
+    assert vocab - used <= set(NUMBER_WORDS), vocab - used  # no padding beyond spare number words
+    assert split_words("Is there a red circle? Yes, two.") == ["is", "there", "a", "red", "circle", "?", "yes", ",", "two", "."]

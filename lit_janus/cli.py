@@ -1,18 +1,67 @@
-"""LightningCLI entry point (subclass mode: every config names its model and data classes)."""
+"""LightningCLI entry point (subclass mode: every config names its model and data classes).
+
+Configs compose by stacking: `--config a.yaml --config b.yaml` applies left to right. A YAML may
+also list the files it stacks on under a top-level `defaults:` key (paths relative to itself), so
+`configs/janus_pro_1b/stage2.yaml` is one file to pass yet is only the model / data / trainer /
+stage files it names.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import yaml
 from lightning.pytorch.cli import LightningCLI
+
+
+def expand_defaults(path: str | Path, seen: tuple[Path, ...] = ()) -> list[str]:
+    """The `--config` arguments a config file stands for: its `defaults` (recursively) then itself."""
+    p = Path(path).resolve()
+    if p in seen:
+        raise ValueError(f"config {p} includes itself through `defaults`")
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict) or "defaults" not in data:
+        return [str(path)]
+    defaults = data.pop("defaults") or []
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    out: list[str] = []
+    for d in defaults:
+        out += expand_defaults(p.parent / d, seen + (p,))
+    rest = yaml.safe_dump(data, sort_keys=False) if data else None
+    return out + ([rest] if rest else [])  # jsonargparse takes a YAML string as well as a path
+
+
+def expand_config_args(args: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a in ("--config", "-c") and i + 1 < len(args):
+            for c in expand_defaults(args[i + 1]):
+                out += ["--config", c]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            for c in expand_defaults(a.split("=", 1)[1]):
+                out += ["--config", c]
+        else:
+            out.append(a)
+        i += 1
+    return out
 
 
 class JanusCLI(LightningCLI):
     pass
 
 
-def main(args: list[str] | None = None) -> JanusCLI:
+def main(args: list[str] | None = None, run: bool = True) -> JanusCLI:
     from lit_janus.strategy import register_strategies
 
     register_strategies()
+    args = expand_config_args(list(sys.argv[1:] if args is None else args))
     return JanusCLI(
         model_class=None,
         datamodule_class=None,
@@ -21,4 +70,5 @@ def main(args: list[str] | None = None) -> JanusCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "yaml"},
         args=args,
+        run=run,
     )

@@ -237,12 +237,24 @@ class JanusModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
-        tokens = int((batch["task_ids"] > 0).sum())
+        self._log_throughput(batch)
+        return loss
+
+    def _log_throughput(self, batch) -> None:
+        """tokens/s, model TFLOP/s and MFU (on known GPUs) of this rank, measured between steps
+        (so it includes data loading, backward and the optimizer; see lit_janus.flops)."""
+        from lit_janus.flops import peak_flops, step_flops
+
         now = time.perf_counter()
         if self._step_start is not None:
-            self.log("train/tokens_per_sec", tokens / max(now - self._step_start, 1e-9), on_step=True, prog_bar=True)
+            dt = max(now - self._step_start, 1e-9)
+            tokens = int((batch["task_ids"] > 0).sum())
+            flops = step_flops(self.config, batch)
+            self.log("train/tokens_per_sec", tokens / dt, on_step=True, prog_bar=True)
+            self.log("train/tflops_per_sec", flops / dt / 1e12, on_step=True)
+            if (peak := peak_flops(self.device)) is not None:
+                self.log("train/mfu", flops / dt / peak, on_step=True)
         self._step_start = now
-        return loss
 
     def validation_step(self, batch, batch_idx):
         return self._shared_step(batch, "val")

@@ -148,12 +148,6 @@ class _SigLIP(nn.Module):
         return self.norm(self.blocks(x))
 
 
-class _Tower(nn.Module):  # CLIPVisionTower: holds `vision_tower`, no normalisation of its own
-    def __init__(self, c):
-        super().__init__()
-        self.vision_tower = _SigLIP(c)
-
-
 class _Projector(nn.Module):  # MlpProjector "mlp_gelu", depth 2
     def __init__(self, din, dout):
         super().__init__()
@@ -241,6 +235,15 @@ def _level(res, attn, resample=None, name="downsample"):
     return m
 
 
+def _run_level(lvl, h):  # res[j] then attn[j] (attention levels only), then the resampler if any
+    for j, r in enumerate(lvl.res):
+        h = lvl.attn[j](r(h)) if len(lvl.attn) else r(h)
+    for name in ("downsample", "upsample"):
+        if hasattr(lvl, name):
+            h = getattr(lvl, name)(h)
+    return h
+
+
 class _Encoder(nn.Module):
     def __init__(self, c: DeepSeekRefConfig):
         super().__init__()
@@ -259,10 +262,7 @@ class _Encoder(nn.Module):
     def forward(self, x):
         h = self.conv_in(x)
         for lvl in self.conv_blocks:
-            for j, r in enumerate(lvl.res):
-                h = lvl.attn[j](r(h)) if len(lvl.attn) else r(h)
-            if hasattr(lvl, "downsample"):
-                h = lvl.downsample(h)
+            h = _run_level(lvl, h)
         for m in self.mid:
             h = m(h)
         return self.conv_out(_swish(self.norm_out(h)))
@@ -289,25 +289,17 @@ class _Decoder(nn.Module):
         for m in self.mid:
             h = m(h)
         for lvl in self.conv_blocks:
-            for j, r in enumerate(lvl.res):
-                h = lvl.attn[j](r(h)) if len(lvl.attn) else r(h)
-            if hasattr(lvl, "upsample"):
-                h = lvl.upsample(h)
+            h = _run_level(lvl, h)
         return self.conv_out(_swish(self.norm_out(h)))
-
-
-class _Quantizer(nn.Module):
-    def __init__(self, n, dim):
-        super().__init__()
-        self.embedding = nn.Embedding(n, dim)
-        self.register_buffer("codebook_used", torch.zeros(CODEBOOK_USED_LEN))
 
 
 class _VQ(nn.Module):
     def __init__(self, c: DeepSeekRefConfig):
         super().__init__()
         self.encoder, self.decoder = _Encoder(c), _Decoder(c)
-        self.quantize = _Quantizer(c.codebook_size, c.codebook_dim)
+        self.quantize = nn.Module()
+        self.quantize.embedding = nn.Embedding(c.codebook_size, c.codebook_dim)
+        self.quantize.register_buffer("codebook_used", torch.zeros(CODEBOOK_USED_LEN))
         self.quant_conv = nn.Conv2d(c.vq_z_channels, c.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.vq_z_channels, 1)
 
@@ -320,7 +312,8 @@ class DeepSeekRefModel(nn.Module):
 
         self.cfg = c = cfg or DeepSeekRefConfig()
         D = c.llm_hidden
-        self.vision_model = _Tower(c)
+        self.vision_model = nn.Module()  # CLIPVisionTower: only holds `vision_tower`, no normalisation
+        self.vision_model.vision_tower = _SigLIP(c)
         self.aligner = _Projector(c.vision_width, c.aligner_dim or D)
         self.gen_vision_model = _VQ(c)
         self.gen_aligner = _Projector(c.codebook_dim, c.gen_aligner_dim or D)

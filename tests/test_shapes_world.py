@@ -264,4 +264,5 @@ def test_vocabulary_covers_every_generated_word():
     used = {tok for t in texts for tok in split_words(t)}
     assert used <= vocab, used - vocab
     assert vocab - used <= set(NUMBER_WORDS), vocab - used  # no padding beyond spare number words
-    assert split_words("Is there a red circle? Yes, two.") == ["is", "there", "a", "red", "circle", "?", "yes", ",", "two", "."]
+    tokens = ["is", "there", "a", "red", "circle", "?", "yes", ",", "two", "."]
+    assert split_words("Is there a red circle? Yes, two.") == tokens

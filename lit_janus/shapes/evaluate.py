@@ -33,7 +33,7 @@ POSITION_THRESHOLD = 0.1  # GenEval's default
 class Detection:
     """A detected object; coordinates are fractions of the image side, ``area`` a fraction of the image."""
 
-    shape: str
+    shape: str  # a SHAPES entry, or "other" for a blob that is no shape
     color: str
     size: str
     cx: float
@@ -67,10 +67,13 @@ def _components(mask: np.ndarray) -> np.ndarray:
 
 
 def _classify(m: np.ndarray) -> str:
-    """Shape from a tight boolean crop. An apex-up triangle is top-light (top half ~1/3 of the bottom),
-    which survives a blurred-away apex; otherwise the circle or square template (stretched to the box)
-    with the higher IoU wins, which tolerates the rounded corners of a blurred or VQ-decoded square."""
+    """Shape from a tight boolean crop. Streaks and scribbles (elongated or sparse) are "other", which no
+    prompt asks for. An apex-up triangle is top-light (top half ~1/3 of the bottom), which survives a
+    blurred-away apex; otherwise the circle or square template (stretched to the box) with the higher
+    IoU wins, which tolerates the rounded corners of a blurred or VQ-decoded square."""
     h, w = m.shape
+    if max(h, w) > 2 * min(h, w) or m.mean() < 0.3:
+        return "other"
     if m[: h // 2].mean() < 0.7 * m[h - h // 2 :].mean():
         return "triangle"
     y, x = np.mgrid[0:h, 0:w]
@@ -102,8 +105,9 @@ def detect(image: Image.Image) -> list[Detection]:
         color = _COLOR_NAMES[np.bincount(nearest[ys, xs], minlength=len(_PALETTE))[1:].argmax() + 1]
         shape = _classify(labels[y0:y1, x0:x1] == i)
         size = "large" if max(x1 - x0, y1 - y0) / side > SIZE_THRESHOLD else "small"
-        box = (x0 / w, y0 / h, x1 / w, y1 / h)
-        dets.append(Detection(shape, color, size, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, counts[i] / (h * w), box))
+        box = (float(x0 / w), float(y0 / h), float(x1 / w), float(y1 / h))
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        dets.append(Detection(shape, color, size, cx, cy, float(counts[i] / (h * w)), box))
     return dets
 
 
@@ -159,7 +163,8 @@ def evaluate(images: Sequence[Image.Image], metadatas: Sequence[dict]) -> dict[s
     hits: dict[str, list[bool]] = {}
     for img, meta in zip(images, metadatas):
         hits.setdefault(meta["tag"], []).append(score_one(img, meta))
-    result = {tag: float(np.mean(hits[tag])) for tag in CATEGORIES if tag in hits}
+    tags = [t for t in CATEGORIES if t in hits] + [t for t in hits if t not in CATEGORIES]
+    result = {tag: float(np.mean(hits[tag])) for tag in tags}
     result["overall"] = float(np.mean(list(result.values()))) if result else 0.0
     return result
 

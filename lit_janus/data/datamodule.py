@@ -1,0 +1,228 @@
+"""`JanusDataModule`: the three Janus-Pro task streams mixed at the stage ratio in every step on every rank.
+
+Each active task (ratio > 0) gets its own DataLoader over a `TaskStream` with its own per-device
+batch size; a `CombinedLoader(mode="max_size_cycle")` steps them together and
+`on_before_batch_transfer` merges one step's samples into **one** collated (optionally packed)
+batch, so the model runs one forward per step. The streams are endless: train with `max_steps`
+and validate every `val_check_interval: <int>` steps (an endless loader has no epoch end).
+
+The batch the LightningModule receives (all tensors; see `lit_janus.batch` for the first group):
+    input_ids, position_ids, text_labels, gen_labels, gen_mask, image_mask, task_ids  [rows, length]
+    pixel_values   [n_und_images, 3, S, S]  understanding images (only if the step has any)
+    gen_pixels     [n_t2i, 3, S, S] in [-1, 1]  t2i images still to VQ-encode (only for image
+                   records): `batch = lit_janus.batch.fill_codes(batch, model.encode_images(gen_pixels))`
+    samples_und, samples_text, samples_t2i   samples of each task in this step (0-dim long)
+    skipped_und, skipped_text, skipped_t2i   bad records skipped (and replaced) to fill this step
+    cfg_dropped    t2i samples that got the unconditional prompt (classifier-free guidance)
+    num_tokens     non-padding tokens in the batch (for throughput)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from lit_janus.batch import TASKS
+from lit_janus.data.mixing import TaskRatio, merge, task_batch_sizes
+from lit_janus.data.sources import Source, StreamingSource
+from lit_janus.data.stream import TaskBatch, TaskStream
+from lit_janus.processor import ImageSettings, JanusProcessor
+
+TaskSources = list[Source | StreamingSource] | None
+
+
+def load_tokenizer(spec: str):
+    """`shapes` (ShapesWorld's tokenizer) or a directory holding a tokenizer (checkpoint or tokenizer dir)."""
+    if spec == "shapes":
+        from lit_janus.shapes.tokenizer import shapes_tokenizer
+
+        return shapes_tokenizer()
+    from lit_janus.checkpoint import load_tokenizer as from_directory
+
+    return from_directory(spec)
+
+
+def image_settings(tokenizer: str, image_size: int) -> ImageSettings:
+    """Normalisation from a checkpoint's `preprocessor_config.json` when there is one (Janus-Pro: 0.5/0.5)."""
+    f = Path(tokenizer) / "preprocessor_config.json"
+    if tokenizer == "shapes" or not f.is_file():
+        return ImageSettings(image_size=image_size)
+    p = json.loads(f.read_text())
+    return ImageSettings(image_size=image_size, mean=tuple(p.get("image_mean", (0.5,) * 3)),
+                         std=tuple(p.get("image_std", (0.5,) * 3)), min_size=p.get("min_size", 14))
+
+
+def _identity(x):
+    return x
+
+
+class JanusDataModule(L.LightningDataModule):
+    """Understanding, text and text-to-image streams mixed at a fixed ratio in every step on every rank."""
+
+    def __init__(
+        self,
+        tokenizer: str = "shapes",
+        und: TaskSources = None,
+        text: TaskSources = None,
+        t2i: TaskSources = None,
+        val_und: TaskSources = None,
+        val_text: TaskSources = None,
+        val_t2i: TaskSources = None,
+        ratio: TaskRatio | None = None,
+        global_batch_size: int = 16,
+        round_ratio: bool = False,
+        image_size: int = 384,
+        num_image_tokens: int = 576,
+        max_length: int = 4096,
+        pack_length: int | None = None,
+        cfg_dropout: float = 0.1,
+        strict: bool = False,
+        val_batches: int = 8,
+        num_workers: int = 2,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            tokenizer: a checkpoint or tokenizer directory, or `shapes` for ShapesWorld's tokenizer.
+            und: understanding sources (JSONL manifests, ShapesWorld `qa`, or one litdata directory).
+            text: pure-text sources.
+            t2i: text-to-image sources (manifests with images or pre-extracted codes, ImageNet-style
+                class folders, ShapesWorld `t2i`/`class`, or one litdata directory).
+            val_und: held-out understanding sources for validation (same per-step mix as training).
+            val_text: held-out text sources.
+            val_t2i: held-out text-to-image sources.
+            ratio: samples of und : text : t2i per step (Table 2: 1:0:3, 2:3:5, 5:1:4); 0 switches a
+                task off. Default 1:0:3.
+            global_batch_size: samples per optimizer step over all devices and accumulated micro-batches.
+            round_ratio: round the per-device split to whole samples when the ratio does not divide
+                exactly (otherwise that is an error naming the batch sizes that would divide).
+            image_size: image side for both pathways (384 for Janus-Pro, 64 for ShapesWorld).
+            num_image_tokens: tokens per image in both pathways (576 for Janus-Pro, 64 for ShapesWorld).
+            max_length: context length; longer samples are skipped and counted, never truncated.
+            pack_length: pack each step's samples first-fit into rows of this many tokens (4096 for
+                Janus-Pro; documents stay apart through restarted position ids); None pads per row.
+            cfg_dropout: fraction of t2i samples trained with the unconditional prompt (CFG).
+            strict: raise on the first bad record instead of skipping and counting it.
+            val_batches: validation steps per rank and validation run.
+            num_workers: DataLoader worker processes per task stream.
+            seed: seed of the shuffle order, CFG dropout and bad-record replacement.
+        """
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.sources = {"und": list(und or []), "text": list(text or []), "t2i": list(t2i or [])}
+        self.val_sources = {"und": list(val_und or []), "text": list(val_text or []), "t2i": list(val_t2i or [])}
+        self.ratio = ratio if ratio is not None else TaskRatio()
+        self.global_batch_size, self.round_ratio = global_batch_size, round_ratio
+        self.image_size, self.num_image_tokens, self.max_length = image_size, num_image_tokens, max_length
+        self.pack_length, self.cfg_dropout, self.strict = pack_length, cfg_dropout, strict
+        self.val_batches, self.num_workers, self.seed = val_batches, num_workers, seed
+        if pack_length is not None and pack_length < max_length:
+            raise ValueError(f"pack_length {pack_length} < max_length {max_length}: a sample of max_length "
+                             "tokens would not fit a packed row")
+        if not 0.0 <= cfg_dropout < 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        active = [t for t in TASKS if getattr(self.ratio, t) > 0]
+        missing = [t for t in active if not self.sources[t]]
+        if missing:
+            raise ValueError(f"ratio {self.ratio_str} mixes {missing} but no {'/'.join(missing)} sources are "
+                             "configured")
+        for t in TASKS:
+            if t not in active and (self.sources[t] or self.val_sources[t]):
+                rank_zero_warn(f"{t} sources are configured but the ratio {self.ratio_str} switches {t} off")
+        self.active = active
+        self.batch_sizes: dict[str, int] | None = None
+        self._processor: JanusProcessor | None = None
+        self._train_steps = 0  # micro-batches consumed: where the train streams resume
+
+    @property
+    def ratio_str(self) -> str:
+        return ":".join(f"{getattr(self.ratio, t):g}" for t in TASKS) + " (und:text:t2i)"
+
+    @property
+    def processor(self) -> JanusProcessor:
+        """The processor every stream formats samples with (built on first use)."""
+        if self._processor is None:
+            self._processor = JanusProcessor(
+                load_tokenizer(self.tokenizer), num_image_tokens=self.num_image_tokens,
+                image=image_settings(self.tokenizer, self.image_size), max_length=self.max_length,
+            )
+        return self._processor
+
+    def task_batch_sizes(self, world_size: int = 1, accumulate_grad_batches: int = 1) -> dict[str, int]:
+        """Per-device samples of each task per micro-batch for a given parallel layout."""
+        return task_batch_sizes(self.global_batch_size, self.ratio, world_size, accumulate_grad_batches,
+                                self.round_ratio)
+
+    # ---- Lightning hooks -----------------------------------------------------------------------
+    def _layout(self) -> tuple[int, int, int, int]:
+        """(rank, world_size, num_nodes, accumulate_grad_batches), from the trainer when attached."""
+        t = self.trainer
+        if t is None:
+            return 0, 1, 1, 1
+        return t.global_rank, t.world_size, t.num_nodes, t.accumulate_grad_batches
+
+    def setup(self, stage: str | None = None) -> None:
+        _, world, _, accumulate = self._layout()
+        self.batch_sizes = self.task_batch_sizes(world, accumulate)
+        self.processor  # fail fast on a bad tokenizer path
+        per_device = sum(self.batch_sizes.values())
+        rank_zero_info(
+            f"JanusDataModule: ratio {self.ratio_str}, {self.global_batch_size} samples per step = {world} device(s) "
+            f"x {accumulate} micro-batch(es) x {per_device} [" + ", ".join(
+                f"{t} {self.batch_sizes[t]}" for t in TASKS) + "]"
+            + (f", packed into rows of {self.pack_length} tokens" if self.pack_length else "")
+        )
+
+    def _loader(self, task: str, sources, *, train: bool) -> DataLoader:
+        rank, world, nodes, _ = self._layout()
+        stream = TaskStream(
+            task, sources[0] if len(sources) == 1 and isinstance(sources[0], StreamingSource) else sources,
+            self.processor, self.batch_sizes[task], rank=rank, world_size=world, num_nodes=nodes,
+            seed=self.seed if train else self.seed + 1, shuffle=train,
+            start_step=self._train_steps if train else 0, num_steps=None if train else self.val_batches,
+            cfg_dropout=self.cfg_dropout if train else 0.0, strict=self.strict,
+        )
+        if self.num_workers > 0:
+            # the fast tokenizer's thread pool does not survive fork; without this it warns in every worker
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return DataLoader(stream, batch_size=None, collate_fn=_identity, num_workers=self.num_workers,
+                          persistent_workers=not train and self.num_workers > 0)
+
+    def train_dataloader(self) -> CombinedLoader:
+        if self.batch_sizes is None:
+            self.setup("fit")
+        return CombinedLoader({t: self._loader(t, self.sources[t], train=True) for t in self.active},
+                              mode="max_size_cycle")
+
+    def val_dataloader(self) -> CombinedLoader | list:
+        if self.batch_sizes is None:
+            self.setup("validate")
+        tasks = [t for t in self.active if self.val_sources[t]]
+        if not tasks or self.val_batches < 1:
+            return []
+        if len(tasks) < len(self.active):
+            rank_zero_warn(f"validation mixes only {tasks}: no val sources for "
+                           f"{[t for t in self.active if t not in tasks]}")
+        return CombinedLoader({t: self._loader(t, self.val_sources[t], train=False) for t in tasks},
+                              mode="max_size_cycle")
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Merge one step's per-task sample lists into one collated batch (see the module docstring).
+        Runs in the main process, right before the step: counting here counts consumed steps only."""
+        if isinstance(batch, dict) and batch and all(isinstance(v, TaskBatch) for v in batch.values()):
+            if self.trainer is not None and self.trainer.training:
+                self._train_steps += 1
+            return merge(batch, self.processor.pad_id, self.pack_length)
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        # the streams are pure functions of the step, so the step count is the whole loader state
+        return {"train_steps": self._train_steps}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._train_steps = int(state_dict.get("train_steps", 0))

@@ -1,0 +1,250 @@
+"""One task stream: an endless (or, for validation, fixed-length) iterable of per-step sample lists.
+
+Why not a map-style Dataset + DistributedSampler per task: a `CombinedLoader(max_size_cycle)`
+restarts the shorter loaders with the *same* shuffle order inside an epoch (verified, see
+shared/reference/lightning_cli_fsdp_data.md §3.1), and ranks must never run out at different
+steps. Here every step's samples are a pure function of (seed, task, rank, step):
+
+    position p = step * batch_size + k on this rank  ->  global position g = p * world_size + rank
+    epoch, i = divmod(g, len(source))                ->  record = source[permutation(seed, epoch)[i]]
+
+so ranks draw disjoint records, every record is seen once per epoch across all ranks, the result
+does not depend on the number of DataLoader workers (worker j makes steps j, j+w, ...), and a run
+resumes exactly by starting at its step count (`start_step`).
+
+A bad record (unreadable image, empty caption, conversation too long, ...) is replaced by a
+seeded random draw and counted in `TaskBatch.skipped`, so the step keeps its exact task ratio;
+`strict=True` raises instead. Streaming (litdata) sources are read in litdata's own order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lit_janus.batch import TASK_ID, Sample
+from lit_janus.data.sources import Source, StreamingSource
+from lit_janus.data.tasks import to_sample
+from lit_janus.processor import JanusProcessor
+
+log = logging.getLogger(__name__)
+# Every way a record can be unusable: BadRecord, PromptTooLongError and PIL errors are ValueErrors,
+# a missing file is an OSError. Anything else is a bug and propagates.
+RECORD_ERRORS = (OSError, ValueError)
+MAX_LOGGED = 5  # bad records logged per stream and worker; the rest are only counted
+
+
+class BadSampleError(RuntimeError):
+    """A bad record in `strict` mode, or a stream that produces nothing but bad records."""
+
+
+class TaskBatch:
+    """One step's samples of one task (what a task loader yields).
+
+    A plain class, not a dataclass, on purpose: Lightning's input conversion walks (and deep-copies)
+    dataclasses, and these lists are only merged into tensors in `on_before_batch_transfer`."""
+
+    __slots__ = ("task", "samples", "skipped", "cfg_dropped")
+
+    def __init__(self, task: str, samples: list[Sample] | None = None, skipped: int = 0, cfg_dropped: int = 0):
+        self.task = task
+        self.samples = samples if samples is not None else []
+        self.skipped = skipped  # bad records replaced while filling this step
+        self.cfg_dropped = cfg_dropped  # t2i samples given the unconditional (CFG) prompt
+
+    def __repr__(self) -> str:
+        return (f"TaskBatch({self.task!r}, {len(self.samples)} samples, skipped={self.skipped}, "
+                f"cfg_dropped={self.cfg_dropped})")
+
+
+def seeded_rng(*keys: Any) -> random.Random:
+    """An RNG from a stable hash of `keys` (Python's `hash` of str is salted per process)."""
+    digest = hashlib.blake2b("/".join(map(str, keys)).encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+class ConcatSource(Source):
+    """Several map-style sources as one (sizes add up: each record is equally likely)."""
+
+    def __init__(self, sources: Sequence[Source]):
+        self.sources = list(sources)
+        self._ends = np.cumsum([len(s) for s in self.sources]).tolist()
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def _split(self, index: int) -> tuple[Source, int]:
+        k = bisect.bisect_right(self._ends, index)
+        return self.sources[k], index - (self._ends[k - 1] if k else 0)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        source, i = self._split(index)
+        return source[i]
+
+    def locate(self, index: int) -> str:
+        source, i = self._split(index)
+        return source.locate(i)
+
+
+class TaskStream(IterableDataset):
+    """Per-step `TaskBatch`es of `batch_size` samples of one task for one rank.
+
+    Use with `DataLoader(stream, batch_size=None)`: the stream does its own batching, sharding and
+    shuffling. Infinite unless `num_steps` is given (then it has a length)."""
+
+    def __init__(
+        self,
+        task: str,
+        sources: Sequence[Source] | StreamingSource,
+        processor: JanusProcessor,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_nodes: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        start_step: int = 0,
+        num_steps: int | None = None,
+        cfg_dropout: float = 0.0,
+        strict: bool = False,
+        max_retries: int = 32,
+    ):
+        if task not in TASK_ID:
+            raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_ID)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0.0 <= cfg_dropout < 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        if isinstance(sources, StreamingSource):
+            self.source: Source | StreamingSource = sources
+        else:
+            sources = list(sources)
+            if not sources:
+                raise ValueError(f"the {task} stream has no sources")
+            if any(isinstance(s, StreamingSource) for s in sources):
+                raise ValueError(f"the {task} stream mixes a streaming (litdata) source with others: give it "
+                                 "alone, or convert the others into it with `python -m lit_janus.data.optimize`")
+            self.source = sources[0] if len(sources) == 1 else ConcatSource(sources)
+            if len(self.source) == 0:
+                raise ValueError(f"the {task} stream's sources hold no records")
+        self.task, self.processor, self.batch_size = task, processor, batch_size
+        self.rank, self.world_size, self.num_nodes = rank, world_size, num_nodes
+        self.seed, self.shuffle, self.start_step, self.num_steps = seed, shuffle, start_step, num_steps
+        self.cfg_dropout = cfg_dropout if task == "t2i" else 0.0
+        self.strict, self.max_retries = strict, max_retries
+        self._orders: dict[int, np.ndarray] = {}
+        self._logged = 0
+
+    def __len__(self) -> int:
+        if self.num_steps is None:
+            raise TypeError("an endless TaskStream has no length; stop training with max_steps")
+        return self.num_steps
+
+    # ---- iteration --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[TaskBatch]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        steps = self._steps(worker, workers)
+        if isinstance(self.source, StreamingSource):
+            yield from self._iter_streaming(steps, worker, workers)
+        else:
+            for t in steps:
+                yield self.batch_at(t)
+
+    def _steps(self, worker: int, workers: int) -> Iterator[int]:
+        # DataLoader workers hand out batches round-robin, so worker j must make steps j, j+w, ...
+        t = self.start_step + worker
+        end = None if self.num_steps is None else self.start_step + self.num_steps
+        while end is None or t < end:
+            yield t
+            t += workers
+
+    def batch_at(self, step: int) -> TaskBatch:
+        """This rank's samples of `step` (map-style sources)."""
+        out = TaskBatch(self.task)
+        for k in range(self.batch_size):
+            g = (step * self.batch_size + k) * self.world_size + self.rank
+            sample, skipped, dropped = self.sample_at(g)
+            out.samples.append(sample)
+            out.skipped += skipped
+            out.cfg_dropped += dropped
+        return out
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # a step straddles at most two epochs
+                self._orders.pop(min(self._orders))
+            rng = np.random.default_rng([self.seed, TASK_ID[self.task], epoch])
+            self._orders[epoch] = rng.permutation(len(self.source))
+        return self._orders[epoch]
+
+    def sample_at(self, g: int) -> tuple[Sample, int, bool]:
+        """(sample, bad records skipped, CFG-dropped?) for global stream position `g`."""
+        n = len(self.source)
+        epoch, i = divmod(g, n)
+        index = int(self._order(epoch)[i]) if self.shuffle else i
+        replacements = None
+        for skipped in range(self.max_retries + 1):
+            try:
+                drop = self._drop(epoch, index)
+                return to_sample(self.task, self.processor, self.source[index], drop), skipped, drop
+            except RECORD_ERRORS as e:
+                self._bad(self.source.locate(index), e)
+                error = e
+            replacements = replacements or seeded_rng(self.seed, "replace", self.task, g)
+            index = replacements.randrange(n)
+        raise BadSampleError(f"{self.max_retries + 1} bad records in a row in the {self.task} stream; "
+                             f"the last one: {error}")
+
+    def _drop(self, epoch: int, key: Any) -> bool:
+        # seeded per (epoch, record): reproducible whatever the worker, rank or world size
+        return bool(self.cfg_dropout) and seeded_rng(self.seed, "cfg", epoch, key).random() < self.cfg_dropout
+
+    def _bad(self, where: str, error: Exception) -> None:
+        message = f"bad {self.task} record ({where}): {error}"
+        if self.strict:
+            raise BadSampleError(message + "  [strict: true; set strict: false to skip and count such records]") \
+                from error
+        self._logged += 1
+        if self._logged <= MAX_LOGGED:
+            log.warning("skipping %s%s", message,
+                        "  (further bad records of this stream are only counted)" if self._logged == MAX_LOGGED else "")
+
+    # ---- litdata --------------------------------------------------------------------------------
+    def _iter_streaming(self, steps: Iterator[int], worker: int, workers: int) -> Iterator[TaskBatch]:
+        source = self.source
+        records = source.records(seed=self.seed, rank=self.rank, world_size=self.world_size, num_nodes=self.num_nodes)
+        # Resume: litdata gives each worker its own shard, so worker j fast-forwards over the records it
+        # consumed before (the steps < start_step it made); exact unless bad records were skipped.
+        for _ in range(len(range(worker, self.start_step, workers)) * self.batch_size):
+            next(records)
+        counter = 0
+        for _t in steps:
+            out = TaskBatch(self.task)
+            while len(out.samples) < self.batch_size:
+                for bad in range(self.max_retries + 1):
+                    epoch, record = next(records)
+                    counter += 1
+                    try:
+                        if isinstance(record, Exception):
+                            raise record
+                        drop = self._drop(epoch, record.pop("_index", f"{self.rank}/{worker}/{counter}"))
+                        out.samples.append(to_sample(self.task, self.processor, record, drop))
+                        out.cfg_dropped += drop
+                        break
+                    except RECORD_ERRORS as e:
+                        self._bad(source.locate(counter - 1), e)
+                        out.skipped += 1
+                        error = e
+                else:
+                    raise BadSampleError(f"{self.max_retries + 1} bad records in a row in the {self.task} "
+                                         f"stream; the last one: {error}")
+            yield out

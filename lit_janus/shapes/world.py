@@ -401,6 +401,9 @@ def stable_rng(seed: int, task: str, index: int) -> random.Random:
 class ShapesWorld:
     """Deterministic map-style access to the infinite world: sample ``i`` depends only on (seed, task, i).
 
+    ``split`` only affects generation targets (``t2i_*``, ``class_sample``). Understanding and text
+    (``qa_sample``, ``text_sample``) are the same in both splits and may show held-out combos: the
+    model can learn to *recognise* a blue triangle, the held-out test is whether it can *draw* one.
     ``t2i_weights`` sets the category mix of ``t2i_sample`` (uniform over the six by default; the
     heldout split defaults to its two categories).
     """

@@ -57,7 +57,7 @@ class DeepSeekRefConfig:
     mlp_ratio: float = 4.0
     # generation tokenizer (VQ); channels must be multiples of 32 (GroupNorm(32))
     vq_ch: int = 32
-    vq_ch_mult: tuple = (1, 2, 2)
+    vq_ch_mult: tuple = (1, 1, 2, 2)  # x8 = patch_size: both pathways see the same 4x4 grid, as in Janus
     vq_z_channels: int = 32
     vq_num_res_blocks: int = 1
     codebook_size: int = 64

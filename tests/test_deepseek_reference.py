@@ -23,7 +23,7 @@ def _patterns(keys):
 
 # Every key pattern of DeepSeek's MultiModalityCausalLM state dict. Checked against a checkpoint
 # that DeepSeek's own code (deepseek-ai/Janus @1daa72f) built and saved: 684 keys with the real
-# towers, 260 at the default tiny size.
+# towers, 288 at the default tiny size.
 EXPECTED = {
     "vision_model.vision_tower.pos_embed", "vision_model.vision_tower.patch_embed.proj.weight",
     "vision_model.vision_tower.patch_embed.proj.bias", "vision_model.vision_tower.norm.weight",
@@ -55,7 +55,7 @@ EXPECTED = {
 def test_state_dict_keys_are_deepseeks(ref):
     sd = ref.state_dict()
     assert _patterns(sd) == EXPECTED
-    assert len(sd) == 260
+    assert len(sd) == 288
     c = ref.cfg
     assert sd["vision_model.vision_tower.pos_embed"].shape == (1, c.num_image_tokens, c.vision_width)
     assert sd["vision_model.vision_tower.blocks.0.attn.qkv.weight"].shape == (3 * c.vision_width, c.vision_width)

@@ -133,6 +133,16 @@ _VIT_RENAMES = [
 _MLP_PROJECTOR = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
 
 
+def describe_unused(keys: list[str]) -> str:
+    """Name the known-unused weights by group, e.g. for the log line of a load."""
+    groups = []
+    if any("attn_pool" in k for k in keys):
+        groups.append("vision_model.vision_tower.attn_pool.* (SigLIP's pooling head, never used by Janus)")
+    if any(k.endswith("codebook_used") for k in keys):
+        groups.append("quantize.codebook_used (the VQ's usage statistics buffer)")
+    return "; ".join(groups)
+
+
 def _rename(key: str, rules) -> str | None:
     for pattern, repl in rules:
         new, n = pattern.subn(repl, key)
@@ -309,6 +319,12 @@ def load_tokenizer(directory: str | Path):
     if not any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise CheckpointError(f"{d} has no tokenizer (tokenizer.json / tokenizer_config.json)")
     try:
+        if (d / "tokenizer.json").is_file():
+            # read tokenizer.json directly: DeepSeek's tokenizer_config names the slow LlamaTokenizer
+            # class, and AutoTokenizer would also parse config.json (model_type multi_modality)
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(str(d))
         return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
     except Exception as e:
         raise CheckpointError(f"cannot load the tokenizer in {d}: {e}") from None
@@ -347,8 +363,7 @@ def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32
         for k in dropped:
             sd.pop(k)
     if dropped:
-        log.info("%s: ignoring %d known-unused weights (%s)", d, len(dropped),
-                 ", ".join(sorted({k.split(".")[-2] if "attn_pool" not in k else "attn_pool.*" for k in dropped})))
+        log.info("%s: ignoring %d known-unused weights: %s", d, len(dropped), describe_unused(dropped))
     processor = JanusProcessor(tokenizer, num_image_tokens=config.num_image_tokens,
                                image=_image_settings(d, layout, config.image_size), max_length=max_length)
     if len(tokenizer) > config.vocab_size:

@@ -9,6 +9,7 @@ stage files it names.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -61,7 +62,11 @@ def main(args: list[str] | None = None, run: bool = True) -> JanusCLI:
     from lit_janus.strategy import register_strategies
 
     register_strategies()
-    args = expand_config_args(list(sys.argv[1:] if args is None else args))
+    if args is None:  # from the shell: expand in place (LightningCLI warns if given both)
+        sys.argv[1:] = expand_config_args(sys.argv[1:])
+    else:  # from Python (tests, notebooks): sys.argv belongs to the caller
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        args = expand_config_args(list(args))
     return JanusCLI(
         model_class=None,
         datamodule_class=None,

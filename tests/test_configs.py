@@ -1,0 +1,103 @@
+"""Every shipped entry config parses, and the Janus-Pro stage configs fit (fast_dev_run) at tiny size."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from lit_janus.cli import expand_defaults, main
+
+ROOT = Path(__file__).resolve().parents[1]
+# LightningCLI entry configs; ShapesWorld pipeline recipes (top-level `stages:`) are tested with the pipeline
+ENTRY_CONFIGS = sorted(p for d in ("janus_pro_1b", "janus_pro_7b", "shapes", "predict")
+                       for p in (ROOT / "configs" / d).glob("*.yaml")
+                       if "stages" not in (yaml.safe_load(p.read_text()) or {}))
+STAGES = sorted((ROOT / "configs").glob("janus_pro_*/stage*.yaml"))
+
+
+def test_there_are_configs_for_every_stage():
+    assert [p.relative_to(ROOT / "configs").as_posix() for p in STAGES] == [
+        f"janus_pro_{s}/stage{i}.yaml" for s in ("1b", "7b") for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("config", ENTRY_CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_config_parses(config, capsys):
+    sub = "predict" if "predict" in config.parts else "fit"
+    with pytest.raises(SystemExit) as e:
+        main([sub, "--config", str(config), "--print_config"])
+    assert e.value.code == 0
+    assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size,stage,lr,warmup,steps,batch,ratio", [
+    ("1b", 1, 1e-3, 600, 20000, 256, (1, 0, 3)), ("1b", 2, 1e-4, 5000, 270000, 512, (2, 3, 5)),
+    ("1b", 3, 4e-5, 0, 80000, 128, (5, 1, 4)), ("7b", 1, 1e-3, 600, 20000, 256, (1, 0, 3)),
+    ("7b", 2, 1e-4, 5000, 270000, 512, (2, 3, 5)), ("7b", 3, 4e-5, 0, 40000, 128, (5, 1, 4)),
+])
+def test_stage_configs_reproduce_table_2(tmp_path, monkeypatch, size, stage, lr, warmup, steps, batch, ratio):
+    _write_data(tmp_path)  # the sources check their files when instantiated
+    monkeypatch.chdir(tmp_path)
+    cli = main(["--config", str(ROOT / f"configs/janus_pro_{size}/stage{stage}.yaml"),
+                "--model.init_args.config", "shapes", "--model.init_args.init_from", "null",
+                "--model.init_args.tokenizer", "shapes", "--data.init_args.tokenizer", "shapes",
+                "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+                "--trainer.logger", "false"], run=False)
+    cfg = cli.config
+    m, d, t = cfg.model.init_args, cfg.data.init_args, cfg.trainer
+    assert m.stage == stage and t.max_steps == steps and t.gradient_clip_val == 1.0
+    assert m.optimizer.init_args.lr == lr and tuple(m.optimizer.init_args.betas) == (0.9, 0.95)
+    assert m.optimizer.init_args.weight_decay == 0.0 and m.scheduler.init_args.warmup_steps == warmup
+    assert d.global_batch_size == batch and (d.ratio.und, d.ratio.text, d.ratio.t2i) == ratio
+    assert d.pack_length == 4096 and d.cfg_dropout == 0.1
+    assert cli.model.config.name == "shapes"
+
+
+def _write_data(root: Path, n: int = 6):
+    """Generated manifests and an ImageNet-style folder, at the relative paths the configs use."""
+    g = torch.Generator().manual_seed(0)
+    (root / "data/img").mkdir(parents=True)
+    for i in range(n):
+        arr = (torch.rand(40 + i, 30, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(root / f"data/img/{i}.png")
+    rows = {
+        "und.jsonl": [{"image": f"img/{i}.png", "question": "what colour?", "answer": "green"} for i in range(n)],
+        "text.jsonl": [{"text": "the triangle is left of the circle."} for _ in range(n)],
+        "t2i.jsonl": [{"image": f"img/{i}.png", "caption": "a photo of a red circle"} for i in range(n)],
+    }
+    for name, recs in rows.items():
+        (root / "data" / name).write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    for cls in ("red circle", "blue square"):
+        (root / f"data/imagenet/train/{cls}").mkdir(parents=True)
+        for i in range(2):
+            Image.open(root / f"data/img/{i}.png").save(root / f"data/imagenet/train/{cls}/{i}.png")
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_fits_with_fast_dev_run(tmp_path, monkeypatch, tiny_hf_dir, stage):
+    _write_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(ROOT / f"configs/janus_pro_1b/stage{stage}.yaml"),
+          "--model.init_args.config", "null", "--model.init_args.init_from", str(tiny_hf_dir),
+          "--model.init_args.tokenizer", str(tiny_hf_dir), "--model.init_args.activation_checkpointing", "false",
+          "--data.init_args.tokenizer", str(tiny_hf_dir), "--data.init_args.image_size", "32",
+          "--data.init_args.num_image_tokens", "16", "--data.init_args.max_length", "512",
+          "--data.init_args.pack_length", "512", "--data.init_args.num_workers", "0",
+          "--data.init_args.global_batch_size", str({1: 4, 2: 10, 3: 10}[stage]),
+          "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+          "--trainer.precision", "32-true", "--trainer.fast_dev_run", "true"])
+
+
+def test_defaults_expand_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("trainer: {max_steps: 1}\n")
+    (tmp_path / "b.yaml").write_text("defaults: [a.yaml]\ntrainer: {max_steps: 2}\n")
+    (tmp_path / "c.yaml").write_text("defaults: [b.yaml]\nseed_everything: 3\n")
+    out = expand_defaults(tmp_path / "c.yaml")
+    assert out[0].endswith("a.yaml") and "max_steps: 2" in out[1] and "seed_everything: 3" in out[2]
+    (tmp_path / "loop.yaml").write_text("defaults: [loop.yaml]\n")
+    with pytest.raises(ValueError, match="includes itself"):
+        expand_defaults(tmp_path / "loop.yaml")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        expand_defaults(tmp_path / "missing.yaml")

@@ -287,7 +287,7 @@ class StaticDecoder:
     Graphs hold the addresses of the weights, so they are rebuilt when the parameters are replaced.
 
     Args:
-        model: a `JanusPro` (any dtype / device; an active autocast is respected on the eager path).
+        model: a `JanusPro` (any dtype / device). Under an active autocast it decodes eagerly.
         cuda_graphs: replay decode steps as CUDA graphs (default: on for CUDA models).
         compile: `torch.compile` the two halves of a decoder layer and the sampler (default: on for
             CUDA models when Triton is importable). Falls back to eager if compilation fails.
@@ -335,7 +335,7 @@ class StaticDecoder:
         s = self.state
         reuse = (
             s is not None and s.mode == mode and s.out.shape[1] == n_out and s.cache.capacity >= capacity
-            and s.cache.k.dtype == self._dtype()
+            and s.cache.k.dtype == self._dtype() and s.cache.k.device == self.device
             and (s.n_seq == n_seq or (self.cuda_graphs and s.n_seq > n_seq))
         )
         if reuse:
@@ -385,9 +385,13 @@ class StaticDecoder:
         s.step.add_(1)
 
     # ---- graphs -----------------------------------------------------------------------------
+    def _use_graphs(self) -> bool:
+        # autocast caches weight casts outside the graph's memory pool: never capture under it
+        return self.cuda_graphs and not torch.is_autocast_enabled(self.device.type)
+
     def _run(self, key: tuple, fn: Callable[[], None]) -> None:
-        """Run one step: replay its graph (capturing it first if needed) or call it eagerly."""
-        if not self.cuda_graphs:
+        """Run one step: replay its graph (captured by `_ensure_graphs`) or call it eagerly."""
+        if not self._use_graphs():
             fn()
             return
         g = self._graphs.get(key)
@@ -426,7 +430,7 @@ class StaticDecoder:
         self._graphs[key] = g
 
     def _ensure_graphs(self, keys_fns: list[tuple[tuple, Callable[[], None], int]]) -> None:
-        if not self.cuda_graphs:
+        if not self._use_graphs():
             return
         missing = [(k, f, n) for k, f, n in keys_fns if k not in self._graphs]
         if not missing:
@@ -681,29 +685,36 @@ def _as_list(x):
 
 
 @torch.no_grad()
+def question_embeds(model, processor, images: Any, question: str) -> torch.Tensor:
+    """Input embeddings [P, D] of one understanding prompt: `images` is an image (PIL or path), a
+    list of them, or None. Raises ValueError / FileNotFoundError / PromptTooLongError for bad input."""
+    from lit_janus.processor import PromptTooLongError
+
+    ims = [] if images is None else _as_list(images)
+    ids = processor.understanding_ids(question, len(ims))
+    if len(ids) > processor.max_length:
+        raise PromptTooLongError(f"question with {len(ims)} image(s) is {len(ids)} tokens; the context is "
+                                 f"{processor.max_length}")
+    dev = model.llm.embed_tokens.weight.device
+    t = torch.tensor(ids, device=dev)[None]
+    if not ims:
+        return model.input_embeddings(t)[0]
+    pixels = torch.stack([processor.understanding_pixels(x) for x in ims]).to(dev)
+    return model.input_embeddings(t, image_mask=t == processor.image_id, pixel_values=pixels)[0]
+
+
+@torch.no_grad()
 def answer_ids(model, processor, images: Sequence[Any], questions: Sequence[str], *, max_new_tokens: int = 256,
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                seeds: int | Sequence[int] = 0, stop_at_eos: bool = True,
                decoder: StaticDecoder | None = None) -> list[list[int]]:
     """Answer token ids (without the closing eos) for each (image(s), question) pair, batched with
-    left padding. images[i]: an image (PIL or path), a list of them, or None for a text-only question."""
-    from lit_janus.processor import PromptTooLongError
-
+    left padding. images[i]: an image (PIL or path), a list of them, or None for a text-only question.
+    `seeds` (used when sampling): one per question, or an int s giving question i the seed s + i."""
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} image entries for {len(questions)} questions")
     sd = [seeds + i for i in range(len(questions))] if isinstance(seeds, int) else list(seeds)
-    dev = model.llm.embed_tokens.weight.device
-    embeds = []
-    for im, q in zip(images, questions):
-        ims = [] if im is None else _as_list(im)
-        ids = processor.understanding_ids(q, len(ims))
-        if len(ids) > processor.max_length:
-            raise PromptTooLongError(f"question with {len(ims)} image(s) is {len(ids)} tokens; the context is "
-                                     f"{processor.max_length}")
-        t = torch.tensor(ids, device=dev)[None]
-        pixels = torch.stack([processor.understanding_pixels(x) for x in ims]).to(dev) if ims else None
-        mask = t == processor.image_id if ims else None
-        embeds.append(model.input_embeddings(t, image_mask=mask, pixel_values=pixels)[0])
+    embeds = [question_embeds(model, processor, im, q) for im, q in zip(images, questions)]
     decoder = decoder or StaticDecoder(model)
     return decoder.text(embeds, [seed_key(s) for s in sd], max_new_tokens=max_new_tokens,
                         eos_id=processor.eos_id if stop_at_eos else None, temperature=temperature,
@@ -723,5 +734,5 @@ def answer(model, processor, images: Sequence[Any], questions: Sequence[str], *,
 __all__ = [
     "Generation", "KVCache", "StaticDecoder", "answer", "answer_ids", "cfg_logits", "decode_images",
     "decode_one_token", "filter_logits", "generate", "generate_official", "generate_reference",
-    "gumbel_noise", "image_requests", "prefill", "sample", "seed_key", "uniform_noise",
+    "gumbel_noise", "image_requests", "prefill", "question_embeds", "sample", "seed_key", "uniform_noise",
 ]

@@ -1,0 +1,109 @@
+"""Training-time callbacks.
+
+`SampleImages` renders images for fixed prompts every N optimizer steps and logs them to
+TensorBoard, so a run shows what the generation head has learnt, not only its loss.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+@contextmanager
+def full_parameters(model):
+    """Gather FSDP2-sharded parameters for code that reads weights outside the units' forward (the
+    fast sampler does); a no-op for an unsharded model. Collective: every rank must enter."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - old torch
+        FSDPModule = ()  # noqa: N806
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for u in units:
+        u.unshard()
+    try:
+        yield
+    finally:
+        for u in reversed(units):
+            u.reshard()
+
+
+class SampleImages(Callback):
+    """Every `every_n_steps` optimizer steps, generate images for `prompts` with the model being
+    trained and log them to TensorBoard (tag `samples/<i>`, one batch of images per prompt).
+
+    Expects the LightningModule to expose `model` (a `JanusPro`) and `processor`. All ranks sample
+    (under FSDP2 each must take part in gathering the weights, and every rank draws the same
+    images from the same seeds); rank 0 logs. The seeds are fixed, so successive logs show the same
+    draws as training proceeds.
+
+    Args:
+        prompts: the prompts to render.
+        every_n_steps: sampling interval in optimizer steps.
+        images_per_prompt: images per prompt.
+        cfg_weight: classifier-free guidance weight.
+        temperature: sampling temperature.
+        top_k: optional top-k filtering.
+        top_p: optional nucleus filtering.
+        seed: prompt i uses seed + i.
+    """
+
+    def __init__(self, prompts: list[str], every_n_steps: int = 1000, images_per_prompt: int = 4,
+                 cfg_weight: float = 5.0, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int = 0):
+        if not prompts:
+            raise ValueError("SampleImages needs at least one prompt")
+        if every_n_steps < 1:
+            raise ValueError("every_n_steps must be at least 1")
+        self.prompts, self.every_n_steps, self.images_per_prompt = list(prompts), every_n_steps, images_per_prompt
+        self.cfg_weight, self.temperature, self.top_k, self.top_p = cfg_weight, temperature, top_k, top_p
+        self.seed = seed
+        self._last_step = -1
+        self._prompts_logged = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        # with gradient accumulation this hook runs several times per optimizer step: sample once
+        if step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        images = self.sample(trainer, pl_module)
+        if trainer.is_global_zero:
+            self.log_images(trainer, images, step)
+
+    @torch.no_grad()
+    def sample(self, trainer, pl_module) -> list[torch.Tensor]:
+        """uint8 [n, S, S, 3] images for each prompt."""
+        from lit_janus.generate import StaticDecoder, generate
+
+        model = pl_module.model
+        modes = {m: m.training for m in model.modules()}  # restore exactly (frozen parts stay in eval)
+        model.eval()
+        try:
+            with full_parameters(model), trainer.precision_plugin.forward_context():
+                # eager decoding: the weights change between calls (no graphs to keep) and autocast
+                # does not mix with CUDA-graph capture
+                gen = generate(model, pl_module.processor, self.prompts, images_per_prompt=self.images_per_prompt,
+                               seeds=self.seed, cfg_weight=self.cfg_weight, temperature=self.temperature,
+                               top_k=self.top_k, top_p=self.top_p,
+                               decoder=StaticDecoder(model, cuda_graphs=False, compile=False))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        n = self.images_per_prompt
+        return [gen.images[i * n:(i + 1) * n] for i in range(len(self.prompts))]
+
+    def log_images(self, trainer, images: list[torch.Tensor], step: int) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                exp = logger.experiment
+                for i, (prompt, ims) in enumerate(zip(self.prompts, images)):
+                    exp.add_images(f"samples/{i:02d}", ims, step, dataformats="NHWC")
+                    if not self._prompts_logged:  # once: which prompt is which
+                        exp.add_text(f"samples/{i:02d}/prompt", prompt, step)
+                exp.flush()
+        self._prompts_logged = True

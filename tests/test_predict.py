@@ -1,0 +1,223 @@
+"""`main.py predict` end to end on a tiny checkpoint: writers, GenEval layout, bad items, resume,
+and the training-time SampleImages callback."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from lit_janus import generate as G
+from lit_janus.predict import JanusGenerator, image_grid, read_items
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny shapes gain nothing from intra-op threads, and on a busy CI runner OpenMP's spinning
+    threads make each tiny matmul milliseconds instead of microseconds."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+GENEVAL = Path("/work/shared/data/geneval_evaluation_metadata.jsonl")
+GENEVAL_LINES = [  # lines 1, 343 and 180 of GenEval's prompts/evaluation_metadata.jsonl
+    '{"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"}',
+    '{"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"}',
+    '{"tag": "counting", "include": [{"class": "clock", "count": 2}], "exclude": [{"class": "clock", "count": 3}], '
+    '"prompt": "a photo of two clocks"}',
+]
+
+
+def run_predict(tmp_path, config: str, model: dict, data: dict, writer: dict, extra: tuple = ()):
+    """Run the shipped predict config with some init_args replaced (the file itself is what users run)."""
+    from lit_janus.cli import main
+
+    c = yaml.safe_load((ROOT / "configs" / "predict" / config).read_text())
+    c["model"]["init_args"].update(model)
+    c["data"]["init_args"].update(data)
+    c["trainer"]["callbacks"][0]["init_args"].update(writer)
+    c["trainer"]["default_root_dir"] = str(tmp_path / "root")
+    c["trainer"]["enable_progress_bar"] = False
+    path = tmp_path / f"run_{config}"
+    path.write_text(yaml.safe_dump(c))
+    main(["predict", "--config", str(path), *extra])
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def png(path):
+    return np.asarray(Image.open(path))
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+def test_read_items_understands_each_format(tmp_path):
+    (tmp_path / "p.txt").write_text("a red circle\n\n  two squares  \n")
+    fmt, items = read_items(tmp_path / "p.txt")
+    assert fmt == "prompts" and [i["prompt"] for i in items] == ["a red circle", "", "two squares"]
+    assert [i["index"] for i in items] == [0, 1, 2]  # line numbers name the outputs
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "seed": 4, "n": 2, "metadata": {"k": 1}}\n\n{oops\n')
+    fmt, items = read_items(tmp_path / "p.jsonl")
+    assert fmt == "prompts" and items[0] == {"index": 0, "prompt": "a", "seed": 4, "n": 2, "metadata": {"k": 1}}
+    assert items[1]["index"] == 2 and "invalid JSON" in items[1]["error"]
+
+    (tmp_path / "g.jsonl").write_text("\n".join(GENEVAL_LINES) + "\n")
+    fmt, items = read_items(tmp_path / "g.jsonl")
+    assert fmt == "geneval" and items[2]["prompt"] == "a photo of two clocks"
+    assert items[2]["metadata"] == json.loads(GENEVAL_LINES[2])
+
+    (tmp_path / "q.jsonl").write_text('{"image": "im/a.png", "question": "what?", "id": "x"}\n')
+    fmt, items = read_items(tmp_path / "q.jsonl")
+    assert fmt == "vqa" and items[0]["image"] == str(tmp_path / "im" / "a.png") and items[0]["id"] == "x"
+
+
+@pytest.mark.skipif(not GENEVAL.is_file(), reason="GenEval metadata not present")
+def test_geneval_metadata_file_is_detected():
+    fmt, items = read_items(GENEVAL)
+    assert fmt == "geneval" and len(items) == 553 and all(i["prompt"] for i in items)
+
+
+def test_image_grid_places_every_image():
+    ims = torch.stack([torch.full((4, 4, 3), v, dtype=torch.uint8) for v in (10, 20, 30)])
+    g = image_grid(ims, pad=1)
+    assert g.shape == (9, 9, 3)  # 2x2 cells of 4 px with 1 px gaps
+    assert g[0, 0, 0] == 10 and g[0, 5, 0] == 20 and g[5, 0, 0] == 30 and g[5, 5, 0] == 255
+
+
+# ---- text-to-image --------------------------------------------------------------------------------
+def test_t2i_writes_images_metadata_errors_and_resumes(tmp_path, tiny_hf_dir):
+    prompts = ["a photo of a red circle", "", "two blue squares", "red " * 5000, "green"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "out"
+    args = dict(model={"checkpoint": str(tiny_hf_dir), "images_per_prompt": 2, "seed": 10},
+                data={"path": str(tmp_path / "prompts.txt"), "batch_size": 2},
+                writer={"output_dir": str(out)})
+    # a run stopped after its first batch ...
+    run_predict(tmp_path, "t2i.yaml", **args, extra=("--trainer.limit_predict_batches", "1"))
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00000_00.png", "00000_01.png"]
+    first = (out / "images" / "00000_00.png").stat().st_mtime_ns
+    with open(out / "metadata.jsonl", "a") as f:
+        f.write('{"index": 4, "image_ind')  # ... and killed while appending a line
+    # ... resumes: finished items are skipped, the rest written
+    run_predict(tmp_path, "t2i.yaml", **args)
+    assert (out / "images" / "00000_00.png").stat().st_mtime_ns == first
+
+    meta = read_jsonl(out / "metadata.jsonl")
+    assert [(m["index"], m["image_index"]) for m in meta] == [(0, 0), (0, 1), (2, 0), (2, 1), (4, 0), (4, 1)]
+    m = meta[2]
+    assert m["prompt"] == "two blue squares" and m["seed"] == 12 and m["cfg_weight"] == 5.0
+    assert m["temperature"] == 1.0 and m["grid"] == "grids/00002.png"
+    for m in meta:
+        assert png(out / m["file"]).shape == (32, 32, 3) and (out / m["grid"]).is_file()
+    assert not list(out.rglob("*.tmp"))
+
+    errors = {e["index"]: e["error"] for e in read_jsonl(out / "errors.jsonl")}
+    assert set(errors) == {1, 3}
+    assert "empty prompt" in errors[1] and "PromptTooLongError" in errors[3] and "shorten" in errors[3]
+
+    # the files are what the library gives for the same seeds (seed 10 + line index)
+    from lit_janus.checkpoint import load_any
+
+    model, processor = load_any(tiny_hf_dir)
+    gen = G.generate(model, processor, ["two blue squares"], images_per_prompt=2, seeds=[12])
+    assert np.array_equal(png(out / "images" / "00002_01.png"), gen.images[1].numpy())
+
+
+def test_geneval_layout_is_what_the_scorer_reads(tmp_path, tiny_hf_dir):
+    lines = GENEVAL_LINES
+    (tmp_path / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "geneval"
+    run_predict(tmp_path, "geneval.yaml", model={"checkpoint": str(tiny_hf_dir), "images_per_prompt": 2},
+                data={"path": str(tmp_path / "meta.jsonl"), "batch_size": 2}, writer={"output_dir": str(out)})
+    folders = sorted(d.name for d in out.iterdir() if d.is_dir() and d.name.isdigit())
+    assert folders == ["00000", "00001", "00002"]
+    for i, name in enumerate(folders):
+        with open(out / name / "metadata.jsonl") as fp:  # GenEval's evaluate_images.py uses json.load
+            assert json.load(fp) == json.loads(lines[i])
+        samples = sorted(p.name for p in (out / name / "samples").iterdir())
+        assert samples == ["0000.png", "0001.png"] and all(re.match(r"\d+\.png", s) for s in samples)
+        assert (out / name / "grid.png").is_file()
+
+
+# ---- understanding --------------------------------------------------------------------------------
+def test_understand_answers_and_records_bad_images(tmp_path, tiny_hf_dir):
+    (tmp_path / "im").mkdir()
+    Image.new("RGB", (50, 30), (255, 0, 0)).save(tmp_path / "im" / "red.png")
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "im" / "blue.png")
+    (tmp_path / "im" / "notes.png").write_text("not an image")
+    rows = [{"image": "im/red.png", "question": "what colour is the square?", "id": "a"},
+            {"image": "im/missing.png", "question": "yes?"},
+            {"image": "im/blue.png", "question": "how many circles are there?"},
+            {"image": "im/notes.png", "question": "no?"}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "answers"
+    run_predict(tmp_path, "understand.yaml", model={"checkpoint": str(tiny_hf_dir), "max_new_tokens": 5},
+                data={"path": str(tmp_path / "q.jsonl"), "batch_size": 4}, writer={"output_dir": str(out)})
+    answers = read_jsonl(out / "answers.jsonl")
+    assert [a["index"] for a in answers] == [0, 2] and answers[0]["id"] == "a"
+    assert answers[1]["question"] == "how many circles are there?" and isinstance(answers[1]["answer"], str)
+    errors = {e["index"]: e["error"] for e in read_jsonl(out / "errors.jsonl")}
+    assert "missing.png" in errors[1] and "FileNotFoundError" in errors[1]
+    assert "notes.png" in errors[3]
+
+    from lit_janus.checkpoint import load_any
+
+    model, processor = load_any(tiny_hf_dir)
+    ref = G.answer(model, processor, [str(tmp_path / "im" / "blue.png")], ["how many circles are there?"],
+                   max_new_tokens=5)
+    assert answers[1]["answer"] == ref[0]
+
+
+def test_fail_fast_stops_at_the_first_bad_item(tiny_hf_dir):
+    module = JanusGenerator(str(tiny_hf_dir), images_per_prompt=1, fail_fast=True)
+    module.configure_model()
+    with pytest.raises(ValueError, match="item 1: ValueError: empty prompt"):
+        module.predict_step([{"index": 0, "prompt": "green"}, {"index": 1, "prompt": ""}])
+    module.hparams.fail_fast = False
+    out = module.predict_step([{"index": 0, "prompt": "green"}, {"index": 1, "prompt": ""}, {"index": 2, "done": True}])
+    assert out[0]["images"].shape[0] == 1 and "empty prompt" in out[1]["error"] and out[2]["skipped"]
+
+
+# ---- training-time samples --------------------------------------------------------------------------
+def test_sample_images_callback_logs_to_tensorboard(tmp_path, tiny_model, tiny_processor):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lit_janus.callbacks import SampleImages
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model, self.processor = tiny_model, tiny_processor
+
+        def training_step(self, batch, batch_idx):
+            return (self.model.gen_head.vision_head.weight * 0).sum() + batch.sum() * 0
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.model.gen_head.parameters(), lr=0.0)
+
+    cb = SampleImages(["a photo of a red circle", "green"], every_n_steps=2, images_per_prompt=2)
+    trainer = L.Trainer(max_steps=4, logger=TensorBoardLogger(tmp_path, name="tb"), callbacks=[cb],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.zeros(8, 1), batch_size=1))
+    acc = EventAccumulator(str(Path(trainer.logger.log_dir)), size_guidance={"images": 0}).Reload()
+    assert sorted(acc.Tags()["images"]) == ["samples/00", "samples/01"]
+    assert [e.step for e in acc.Images("samples/00")] == [2, 4]  # a grid of the prompt's images per step
+    first = acc.Images("samples/01")[0]
+    assert (first.height, first.width) == (32, 64)
+
+    module = Tiny().train()
+    module.model.vision.eval()  # a frozen part stays in eval mode
+    images = cb.sample(trainer, module)
+    assert [tuple(i.shape) for i in images] == [(2, 32, 32, 3)] * 2
+    assert module.model.training and module.model.llm.training and not module.model.vision.training

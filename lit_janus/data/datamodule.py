@@ -73,7 +73,7 @@ class JanusDataModule(L.LightningDataModule):
         val_und: TaskSources = None,
         val_text: TaskSources = None,
         val_t2i: TaskSources = None,
-        ratio: TaskRatio | None = None,
+        ratio: TaskRatio = TaskRatio(),  # frozen: a shared default is safe
         global_batch_size: int = 16,
         round_ratio: bool = False,
         image_size: int = 384,
@@ -116,7 +116,7 @@ class JanusDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.sources = {"und": list(und or []), "text": list(text or []), "t2i": list(t2i or [])}
         self.val_sources = {"und": list(val_und or []), "text": list(val_text or []), "t2i": list(val_t2i or [])}
-        self.ratio = ratio if ratio is not None else TaskRatio()
+        self.ratio = ratio
         self.global_batch_size, self.round_ratio = global_batch_size, round_ratio
         self.image_size, self.num_image_tokens, self.max_length = image_size, num_image_tokens, max_length
         self.pack_length, self.cfg_dropout, self.strict = pack_length, cfg_dropout, strict
@@ -169,7 +169,7 @@ class JanusDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         _, world, _, accumulate = self._layout()
         self.batch_sizes = self.task_batch_sizes(world, accumulate)
-        self.processor  # fail fast on a bad tokenizer path
+        _ = self.processor  # fail fast on a bad tokenizer path
         per_device = sum(self.batch_sizes.values())
         rank_zero_info(
             f"JanusDataModule: ratio {self.ratio_str}, {self.global_batch_size} samples per step = {world} device(s) "
@@ -190,8 +190,7 @@ class JanusDataModule(L.LightningDataModule):
         if self.num_workers > 0:
             # the fast tokenizer's thread pool does not survive fork; without this it warns in every worker
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        return DataLoader(stream, batch_size=None, collate_fn=_identity, num_workers=self.num_workers,
-                          persistent_workers=not train and self.num_workers > 0)
+        return DataLoader(stream, batch_size=None, collate_fn=_identity, num_workers=self.num_workers)
 
     def train_dataloader(self) -> CombinedLoader:
         if self.batch_sizes is None:

@@ -14,7 +14,7 @@ from lit_janus.batch import TASKS, collate
 from lit_janus.data.stream import TaskBatch
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskRatio:
     """Samples of each task per step, relative (Janus-Pro Table 2: Stage I 1:0:3, II 2:3:5, III 5:1:4).
     A task at 0 is switched off."""
@@ -88,7 +88,8 @@ def task_batch_sizes(
     )
 
 
-def merge(parts: Mapping[str, TaskBatch | None], pad_id: int, pack_length: int | None = None) -> dict[str, torch.Tensor]:
+def merge(parts: Mapping[str, TaskBatch | None], pad_id: int,
+          pack_length: int | None = None) -> dict[str, torch.Tensor]:
     """One collated batch (`lit_janus.batch.collate`, optionally packed) from one step's task batches,
     plus 0-dim counts for logging: `samples_{task}`, `skipped_{task}` (bad records replaced),
     `cfg_dropped` (t2i samples with the unconditional prompt) and `num_tokens` (non-padding tokens)."""

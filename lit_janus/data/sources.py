@@ -291,7 +291,8 @@ class StreamingSource:
             cache_dir: where litdata caches remote chunks.
             max_cache_size: cache budget, e.g. "100GB".
         """
-        self.input_dir, self.shuffle, self.cache_dir, self.max_cache_size = input_dir, shuffle, cache_dir, max_cache_size
+        self.input_dir, self.shuffle = input_dir, shuffle
+        self.cache_dir, self.max_cache_size = cache_dir, max_cache_size
 
     def dataset(self, *, seed: int, rank: int, world_size: int, num_nodes: int = 1):
         """The litdata `StreamingDataset`, sharded for `rank` of `world_size` (set explicitly: inside a
@@ -323,7 +324,7 @@ class StreamingSource:
             epoch += 1
 
     def locate(self, index: int) -> str:
-        return f"{self.input_dir}, item {index}"
+        return f"{self.input_dir}, record {index}" if index >= 0 else str(self.input_dir)
 
 
 def decode_item(item: dict[str, Any]) -> dict[str, Any] | Exception:

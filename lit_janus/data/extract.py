@@ -1,0 +1,167 @@
+"""Pre-extract VQ codes for the text-to-image images of a manifest (or class folder), once, so that
+training reads 576 small integers per image instead of decoding and VQ-encoding every image on
+every epoch.
+
+    python main.py predict --config configs/predict/extract_codes.yaml \\
+        --model.init_args.checkpoint CKPT_DIR --data.init_args.source.init_args.path data/t2i.jsonl \\
+        --trainer.callbacks.init_args.output_dir data/t2i_codes
+
+writes `OUT/codes.npy` (one [N, tokens] array, row i = record i, -1 where the image was unreadable)
+and `OUT/manifest.jsonl` with `{"codes": "codes.npy", "codes_row": i, "caption": ...}` lines for
+every record that got codes, ready to be a `JsonlSource` of the t2i stream. Runs on any number of
+GPUs with DDP (each rank writes its own rows of the memory-mapped array).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from lit_janus.data.sources import Source
+from lit_janus.data.tasks import open_image
+from lit_janus.processor import generation_pixels
+
+log = logging.getLogger(__name__)
+
+
+class ImageRecords(Dataset):
+    """`{"index", "pixels"}` for each record of a source (pixels None when the image is unreadable)."""
+
+    def __init__(self, source: Source, image_size: int):
+        self.source, self.image_size = source, image_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            pixels = generation_pixels(open_image(self.source[index]["image"]), self.image_size)
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("no codes for %s: %s", self.source.locate(index), e)
+            pixels = None
+        return {"index": index, "pixels": pixels}
+
+
+def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    ok = [x for x in items if x["pixels"] is not None]
+    return {"index": torch.tensor([x["index"] for x in ok], dtype=torch.long),
+            "pixels": torch.stack([x["pixels"] for x in ok]) if ok else torch.empty(0)}
+
+
+class ExtractionData(L.LightningDataModule):
+    """The images of a source, preprocessed for the VQ tokenizer (short side, centre crop, [-1, 1])."""
+
+    def __init__(self, source: Source, image_size: int = 384, batch_size: int = 32, num_workers: int = 4):
+        """
+        Args:
+            source: records with an `image` (a `JsonlSource` t2i manifest or a `ClassFolderSource`).
+            image_size: the VQ input side (the model's image size: 384 for Janus-Pro).
+            batch_size: images per device and step.
+            num_workers: DataLoader workers for image decoding.
+        """
+        super().__init__()
+        self.source, self.image_size, self.batch_size, self.num_workers = source, image_size, batch_size, num_workers
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(ImageRecords(self.source, self.image_size), batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=collate_images)
+
+
+class CodeExtractor(L.LightningModule):
+    """The frozen VQ tokenizer of a checkpoint, as a predict-only LightningModule."""
+
+    def __init__(self, checkpoint: str):
+        """
+        Args:
+            checkpoint: a pretrained directory in DeepSeek's or transformers' layout.
+        """
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.vq: torch.nn.Module | None = None
+        self.codebook_size = self.num_image_tokens = None
+
+    def configure_model(self) -> None:
+        if self.vq is not None:
+            return
+        from lit_janus.checkpoint import load_pretrained
+
+        model, _ = load_pretrained(self.checkpoint)
+        # keep only the VQ tokenizer: the LLM and SigLIP are not needed to make codes
+        self.vq = model.vq.eval().requires_grad_(False)
+        self.codebook_size, self.num_image_tokens = model.config.codebook_size, model.config.num_image_tokens
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        from lit_janus.vq import vq_encode
+
+        if batch["index"].numel() == 0:
+            return {"index": batch["index"].cpu(), "codes": torch.empty(0, self.num_image_tokens, dtype=torch.long)}
+        return {"index": batch["index"].cpu(), "codes": vq_encode(self.vq, batch["pixels"]).cpu()}
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False
+
+
+class CodeWriter(BasePredictionWriter):
+    """Writes `codes.npy` ([N, tokens], row = record index, -1 = no codes) and `manifest.jsonl`."""
+
+    def __init__(self, output_dir: str):
+        """
+        Args:
+            output_dir: where `codes.npy` and `manifest.jsonl` go.
+        """
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self._codes: np.ndarray | None = None
+
+    def _dataset(self, trainer) -> ImageRecords:
+        loaders = trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if not isinstance(loader.dataset, ImageRecords):
+            raise TypeError("CodeWriter needs the ExtractionData datamodule")
+        return loader.dataset
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        n, tokens = len(self._dataset(trainer)), pl_module.num_image_tokens
+        dtype = np.int16 if pl_module.codebook_size <= np.iinfo(np.int16).max else np.int32
+        path = self.output_dir / "codes.npy"
+        if trainer.is_global_zero:  # one array for all ranks; each fills its own rows
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            codes = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, tokens))
+            codes[:] = -1
+            codes.flush()
+            del codes
+        trainer.strategy.barrier("codes.npy created")
+        self._codes = np.load(path, mmap_mode="r+")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        index = prediction["index"].numpy()
+        if len(index):
+            self._codes[index] = prediction["codes"].numpy().astype(self._codes.dtype)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._codes.flush()
+        trainer.strategy.barrier("codes written")
+        if trainer.is_global_zero:
+            source = self._dataset(trainer).source
+            done = self._codes[:, 0] >= 0
+            with open(self.output_dir / "manifest.jsonl", "w") as f:
+                for i in np.flatnonzero(done):
+                    record = {k: v for k, v in source[int(i)].items() if _jsonable(v)}
+                    record.update(codes="codes.npy", codes_row=int(i))
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            print(f"extracted codes for {int(done.sum())} of {len(done)} images into {self.output_dir} "
+                  f"({int((~done).sum())} unreadable, skipped)")
+        self._codes = None

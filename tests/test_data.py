@@ -1,0 +1,407 @@
+"""Data pipeline: record formats, bad-record handling, exact task ratios, CFG dropout, packing,
+class folders, ShapesWorld and litdata sources (lit_janus.data)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lit_janus.batch import IGNORE, TASK_ID, fill_codes
+from lit_janus.data import (
+    BadSampleError, ClassFolderSource, JsonlSource, ShapesSource, StreamingSource, TaskRatio, TaskStream, merge,
+    task_batch_sizes,
+)
+from lit_janus.data.tasks import to_sample
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def write_image(path, value=0, size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+    return path
+
+
+def write_jsonl(path, records, extra_lines=()):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r) for r in records] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def text_of(processor, sample):
+    return processor.tokenizer.decode(sample.input_ids.tolist())
+
+
+def supervised_text(processor, sample):
+    """The tokens `lm_head` is trained to produce, in order."""
+    return processor.tokenizer.decode(sample.text_labels[sample.text_labels != IGNORE].tolist())
+
+
+def manifests(tmp_path, n=6, tag=""):
+    """und/text/t2i manifests whose records are identifiable by `tag` and the number in their text."""
+    for i in range(n):
+        write_image(tmp_path / "img" / f"{i}.png", value=(20 * i) % 256)
+    und = write_jsonl(tmp_path / "und.jsonl", [{"image": f"img/{i}.png", "question": f"{tag}question {i}",
+                                                  "answer": f"{tag}answer {i}"} for i in range(n)])
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"{tag}doc {i}"} for i in range(n)])
+    t2i = write_jsonl(tmp_path / "t2i.jsonl", [{"codes": list(range(i % 48, i % 48 + 16)),
+                                                 "caption": f"{tag}caption {i}"} for i in range(n)])
+    return {"und": und, "text": text, "t2i": t2i}
+
+
+# ---- record formats --------------------------------------------------------------------------
+def test_every_record_format_parses(tmp_path, tiny_processor):
+    p = tiny_processor
+    write_image(tmp_path / "data" / "a.png")
+    write_image(tmp_path / "data" / "b.png", value=200)
+    np.save(tmp_path / "data" / "x.npy", np.arange(16, dtype=np.int16))
+    np.save(tmp_path / "data" / "all.npy", np.arange(48, dtype=np.int16).reshape(3, 16))
+    m = write_jsonl(tmp_path / "data" / "m.jsonl", [
+        {"image": "a.png", "conversations": [{"role": "user", "content": "what colour?"},
+                                             {"role": "assistant", "content": "green"}]},
+        {"image": "a.png", "question": "what colour?", "answer": "green"},
+        {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nwhat colour?"},
+                                             {"from": "gpt", "value": "green"}]},
+        {"images": ["a.png", "b.png"], "question": "what colour?", "answer": "green"},
+        {"text": "the triangle is left of the circle."},
+        {"image": "a.png", "caption": "a red circle"},
+        {"codes": "x.npy", "caption": "a red circle"},
+        {"codes": list(range(16)), "prompt": "a red circle"},
+        {"codes": "all.npy", "codes_row": 1, "caption": "a red circle"},
+    ], extra_lines=[""])  # blank lines are ignored
+    src = JsonlSource(str(m))
+    assert len(src) == 9 and src[0]["image"] == str(tmp_path / "data" / "a.png")  # relative to the manifest
+    und = [to_sample("und", p, src[i]) for i in range(4)]
+    for s in und[:3]:  # three spellings of one conversation give one sample
+        assert torch.equal(s.input_ids, und[0].input_ids) and torch.equal(s.text_labels, und[0].text_labels)
+        assert s.pixel_values.shape == (1, 3, 32, 32) and int(s.image_mask.sum()) == p.num_image_tokens
+    assert supervised_text(p, und[0]) == " green" + p.tokenizer.eos_token
+    assert und[3].pixel_values.shape[0] == 2 and int(und[3].image_mask.sum()) == 2 * p.num_image_tokens
+    text = to_sample("text", p, src[4])
+    assert text.task == "text" and text_of(p, text).endswith("circle." + p.tokenizer.eos_token)
+    pix = to_sample("t2i", p, src[5])
+    assert pix.gen_pixels.shape == (3, 32, 32) and -1 <= pix.gen_pixels.min() and pix.gen_pixels.max() <= 1
+    for i, expected in ((6, range(16)), (7, range(16)), (8, range(16, 32))):
+        s = to_sample("t2i", p, src[i])
+        assert s.gen_pixels is None and s.gen_labels[s.gen_labels != IGNORE].tolist() == list(expected)
+        assert torch.equal(s.input_ids[: len(s) - 15], pix.input_ids[: len(s) - 15])  # same prompt layout
+
+
+def test_multi_turn_supervises_every_answer_in_deepseek_layout(tiny_processor):
+    p = tiny_processor
+    record = {"image": Image.new("RGB", (30, 20)), "conversations": [
+        {"role": "user", "content": "what colour?"}, {"role": "assistant", "content": "green"},
+        {"role": "user", "content": "how many?"}, {"role": "assistant", "content": "three"},
+        {"role": "user", "content": "unanswered"}]}
+    s = to_sample("und", p, record)
+    eos = p.tokenizer.eos_token
+    text = p.tokenizer.decode([i for i in s.input_ids.tolist() if i != p.image_id])
+    assert text.endswith("<end_of_image>\nwhat colour?\n\n<|Assistant|>: green" + eos
+                         + "<|User|>: how many?\n\n<|Assistant|>: three" + eos)  # trailing user turn dropped
+    assert supervised_text(p, s) == f" green{eos} three{eos}"
+    # labels are stored shifted: each supervised position predicts the next input token
+    pos = (s.text_labels != IGNORE).nonzero().flatten()
+    assert torch.equal(s.text_labels[pos], s.input_ids[pos + 1])
+
+
+# ---- bad records ---------------------------------------------------------------------------
+BAD_RECORDS = {
+    "missing image": {"image": "nope.png", "question": "q", "answer": "a"},
+    "corrupt image": {"image": "corrupt.png", "question": "q", "answer": "a"},
+    "empty answer": {"image": "ok.png", "question": "q", "answer": " "},
+    "no image": {"question": "q", "answer": "a"},
+    "too long": {"image": "ok.png", "question": "q " * 600, "answer": "a"},
+    "assistant first": {"image": "ok.png", "conversations": [{"role": "assistant", "content": "a"}]},
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_RECORDS))
+def test_bad_und_records_are_skipped_and_counted_or_raise_when_strict(tmp_path, tiny_processor, kind):
+    write_image(tmp_path / "ok.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    good = {"image": "ok.png", "question": "what colour?", "answer": "green"}
+    src = JsonlSource(str(write_jsonl(tmp_path / "m.jsonl", [BAD_RECORDS[kind], good])))
+    batch = next(iter(TaskStream("und", [src], tiny_processor, 1, shuffle=False)))  # position 0 is the bad one
+    assert batch.skipped >= 1 and len(batch.samples) == 1
+    assert supervised_text(tiny_processor, batch.samples[0]) == " green" + tiny_processor.tokenizer.eos_token
+    with pytest.raises(BadSampleError, match="m.jsonl, record 0"):
+        next(iter(TaskStream("und", [src], tiny_processor, 1, shuffle=False, strict=True)))
+
+
+def test_bad_text_and_t2i_records(tmp_path, tiny_processor):
+    src = JsonlSource(str(write_jsonl(tmp_path / "m.jsonl", [
+        {"text": ""}, {"caption": "c", "codes": [1, 2]}, {"caption": "", "codes": list(range(16))},
+        {"caption": "c", "image": "nope.png"}, {"caption": "c"}], extra_lines=["{not json"])))
+    p = tiny_processor
+    for i in range(len(src)):
+        task = "text" if i == 0 else "t2i"
+        with pytest.raises((ValueError, OSError)):
+            to_sample(task, p, src[i])
+    # a stream of nothing but bad records stops with a clear error instead of spinning forever
+    with pytest.raises(BadSampleError, match="bad records in a row in the t2i stream"):
+        next(iter(TaskStream("t2i", [src], p, 1)))
+
+
+def test_a_supervised_answer_is_never_truncated(tiny_processor):
+    from lit_janus.processor import PromptTooLongError
+
+    long_answer = "three " * 400  # the tiny processor's context is 512
+    with pytest.raises(PromptTooLongError):
+        to_sample("und", tiny_processor, {"image": Image.new("RGB", (8, 8)), "question": "q", "answer": long_answer})
+    turns = [{"role": r, "content": "three " * 25} for _ in range(4) for r in ("user", "assistant")]
+    with pytest.raises(PromptTooLongError, match="conversation of 4 turns"):
+        to_sample("und", tiny_processor, {"image": Image.new("RGB", (8, 8)), "conversations": turns})
+
+
+# ---- ratio arithmetic ----------------------------------------------------------------------
+def test_task_batch_sizes():
+    # Janus-Pro Stage I: 1:0:3 of 256 on 8 GPUs
+    assert task_batch_sizes(256, TaskRatio(1, 0, 3), world_size=8) == {"und": 8, "text": 0, "t2i": 24}
+    # 2 ranks x 2 accumulated micro-batches: 40 = 4 x (2 + 3 + 5)
+    assert task_batch_sizes(40, {"und": 2, "text": 3, "t2i": 5}, world_size=2, accumulate_grad_batches=2) == \
+        {"und": 2, "text": 3, "t2i": 5}
+    assert task_batch_sizes(40, TaskRatio(0, 0, 1), world_size=2) == {"und": 0, "text": 0, "t2i": 20}
+    # Stage II at 512 does not split into whole samples: the error names batch sizes that do
+    with pytest.raises(ValueError, match=r"12\.8 / 19\.2 / 32.*multiple of 80 \(e\.g\. 480 or 560\).*round_ratio"):
+        task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8)
+    assert task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8, round_ratio=True) == \
+        {"und": 13, "text": 19, "t2i": 32}
+    # Stage III 5:1:4 of 128 on 1 GPU rounds to 64/13/51
+    assert task_batch_sizes(128, TaskRatio(5, 1, 4), round_ratio=True) == {"und": 64, "text": 13, "t2i": 51}
+    with pytest.raises(ValueError, match="does not split over world_size 2 x accumulate_grad_batches 1"):
+        task_batch_sizes(41, TaskRatio(), world_size=2)
+    with pytest.raises(ValueError, match="at least one positive"):
+        task_batch_sizes(8, TaskRatio(0, 0, 0))
+    with pytest.raises(ValueError, match="would get none"):
+        task_batch_sizes(2, TaskRatio(1, 1, 8), round_ratio=True)
+
+
+# ---- streams: exact ratio, rank disjointness, determinism ----------------------------------------
+def _ids(processor, task_batch):
+    return [text_of(processor, s) for s in task_batch.samples]
+
+
+def test_every_step_on_every_rank_has_the_exact_ratio_and_ranks_are_disjoint(tmp_path, tiny_processor):
+    m = manifests(tmp_path, n=60)
+    p = tiny_processor
+    sizes = task_batch_sizes(20, TaskRatio(2, 3, 5), world_size=2)  # 1 / 1.5 ... -> per device 10 = 2/3/5
+    assert sizes == {"und": 2, "text": 3, "t2i": 5}
+    seen = {t: [] for t in m}
+    for rank in range(2):
+        for task, path in m.items():
+            it = iter(TaskStream(task, [JsonlSource(str(path))], p, sizes[task], rank=rank, world_size=2, seed=3))
+            for _ in range(6):  # 6 steps x 2 ranks x 5 t2i = one epoch of 60 t2i records
+                b = next(it)
+                assert len(b.samples) == sizes[task] and b.skipped == 0 and all(s.task == task for s in b.samples)
+                seen[task] += [(rank, x) for x in _ids(p, b)]
+    for task, items in seen.items():
+        by_rank = [{x for r, x in items if r == rank} for rank in range(2)]
+        assert not by_rank[0] & by_rank[1], f"{task}: ranks drew the same record"
+    t2i = [x for _, x in seen["t2i"]]
+    assert len(set(t2i)) == 60  # one full epoch over both ranks: every record exactly once
+
+
+def test_stream_is_independent_of_workers_and_resumes_at_a_step(tmp_path, tiny_processor):
+    from torch.utils.data import DataLoader
+
+    path = manifests(tmp_path, n=10)["text"]
+    p = tiny_processor
+
+    def run(workers, start=0, steps=7):
+        stream = TaskStream("text", [JsonlSource(str(path))], p, 3, seed=1, start_step=start)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
+        out = []
+        for b in loader:
+            out.append(_ids(p, b))
+            if len(out) == steps:
+                return out
+
+    straight = run(0)
+    assert run(2) == straight  # two worker processes interleave into the same sequence
+    assert run(0, start=4, steps=3) == straight[4:]  # resuming at step 4 continues exactly
+    bos, eos = p.tokenizer.bos_token, p.tokenizer.eos_token
+    epoch0 = sorted(sum(straight[:3], []) + straight[3][:1])  # 10 records: 3 steps of 3 and one more
+    assert epoch0 == sorted(f"{bos}doc {i}{eos}" for i in range(10))
+    other_seed = TaskStream("text", [JsonlSource(str(path))], p, 3, seed=2)
+    assert _ids(p, next(iter(other_seed))) != straight[0]
+
+
+def test_several_sources_concatenate(tmp_path, tiny_processor):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": f"a{i}"} for i in range(3)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": f"b{i}"} for i in range(5)])
+    s = TaskStream("text", [JsonlSource(str(a)), JsonlSource(str(b))], tiny_processor, 8)
+    got = sorted(tiny_processor.decode(x.input_ids.tolist()) for x in next(iter(s)).samples)
+    assert got == sorted([f"a{i}" for i in range(3)] + [f"b{i}" for i in range(5)])
+
+
+def test_task_batches_cross_processes_as_a_few_tensors(tmp_path, tiny_processor):
+    import pickle
+
+    m = manifests(tmp_path, n=4)
+    write_image(tmp_path / "img" / "t.png")
+    t2i_pixels = JsonlSource(str(write_jsonl(tmp_path / "p.jsonl", [{"image": "img/t.png", "caption": "c"}])))
+    for task, src in (("und", JsonlSource(str(m["und"]))), ("text", JsonlSource(str(m["text"]))),
+                      ("t2i", JsonlSource(str(m["t2i"]))), ("t2i", t2i_pixels)):
+        b = TaskStream(task, [src], tiny_processor, 3, cfg_dropout=0.5 if task == "t2i" else 0.0).batch_at(1)
+        state = b.__getstate__()
+        assert sum(isinstance(v, torch.Tensor) for v in state.values()) <= 7  # not ~6 per sample
+        c = pickle.loads(pickle.dumps(b))
+        assert (c.task, c.skipped, c.cfg_dropped, len(c.samples)) == (b.task, b.skipped, b.cfg_dropped, 3)
+        for x, y in zip(b.samples, c.samples):
+            for f in ("input_ids", "text_labels", "gen_labels", "gen_mask", "image_mask", "pixel_values", "gen_pixels"):
+                u, v = getattr(x, f), getattr(y, f)
+                assert (u is None and v is None) or torch.equal(u, v), f
+            assert x.task == y.task
+
+
+# ---- CFG dropout ----------------------------------------------------------------------------
+def test_cfg_dropout_rate_layout_and_reproducibility(tmp_path, tiny_processor):
+    p = tiny_processor
+    captions = ["a photo of a red circle", "a photo of two blue squares", "three green triangles"]
+    path = write_jsonl(tmp_path / "t.jsonl", [{"codes": [i % 64] * 16, "caption": captions[i % 3]} for i in range(400)])
+    src = JsonlSource(str(path))
+    stream = TaskStream("t2i", [src], p, 50, cfg_dropout=0.1, seed=7)
+    batches = [stream.batch_at(t) for t in range(40)]  # 2000 samples, 5 epochs
+    dropped = sum(b.cfg_dropped for b in batches)
+    assert abs(dropped / 2000 - 0.1) < 0.02
+    uncond = {tuple(p.unconditional_ids(p.t2i_prompt_ids(c))) for c in captions}
+    cond = {tuple(p.t2i_prompt_ids(c)) for c in captions}
+    n_uncond = 0
+    for b in batches:
+        for s in b.samples:
+            prompt = tuple(s.input_ids[: len(s) - 15].tolist())  # prompt ends with <begin_of_image>
+            assert prompt in cond or prompt in uncond
+            n_uncond += prompt in uncond
+            assert s.gen_labels[s.gen_labels != IGNORE].numel() == 16  # codes still supervised
+    assert n_uncond == dropped
+    # seeded per record and epoch: two ranks drawing the same 800 positions drop the same samples
+    def dropped(rank):
+        stream = TaskStream("t2i", [src], p, 25, cfg_dropout=0.1, seed=7, world_size=2, rank=rank)
+        return sum(stream.batch_at(t).cfg_dropped for t in range(16))
+
+    assert dropped(0) + dropped(1) == sum(b.cfg_dropped for b in batches[:16])
+
+
+# ---- merge, packing, on-the-fly codes ------------------------------------------------------------
+def test_merge_packs_documents_apart_and_counts_tasks(tmp_path, tiny_processor):
+    p = tiny_processor
+    m = manifests(tmp_path, n=6)
+    sizes = {"und": 2, "text": 3, "t2i": 5}
+    parts = {t: TaskStream(t, [JsonlSource(str(m[t]))], p, k).batch_at(0) for t, k in sizes.items()}
+    samples = [s for t in ("und", "text", "t2i") for s in parts[t].samples]
+    padded = merge(parts, p.pad_id)
+    packed = merge(parts, p.pad_id, pack_length=256)
+    assert padded["input_ids"].shape[0] == 10 and packed["input_ids"].shape[1] == 256
+    assert packed["input_ids"].shape[0] < 10  # several documents share a row
+    for b in (padded, packed):
+        assert (int(b["samples_und"]), int(b["samples_text"]), int(b["samples_t2i"])) == (2, 3, 5)
+        assert int(b["skipped_und"]) == int(b["skipped_t2i"]) == int(b["cfg_dropped"]) == 0
+        assert int(b["num_tokens"]) == sum(len(s) for s in samples) == int((b["task_ids"] > 0).sum())
+        assert b["pixel_values"].shape[0] == 2
+    # in packed rows each document restarts its position ids and keeps its own tokens and labels
+    docs = []
+    for r in range(packed["input_ids"].shape[0]):
+        pos, n = packed["position_ids"][r], int((packed["task_ids"][r] > 0).sum())
+        starts = (pos[:n] == 0).nonzero().flatten().tolist() + [n]
+        docs += [(packed["input_ids"][r, a:b], packed["text_labels"][r, a:b], packed["gen_labels"][r, a:b],
+                  int(packed["task_ids"][r, a])) for a, b in zip(starts, starts[1:])]
+    assert len(docs) == 10
+    for s in samples:
+        assert any(torch.equal(ids, s.input_ids) and torch.equal(tl, s.text_labels) and torch.equal(gl, s.gen_labels)
+                   and task == TASK_ID[s.task] for ids, tl, gl, task in docs)
+
+
+def test_t2i_images_are_encoded_on_the_fly(tmp_path, tiny_processor):
+    p = tiny_processor
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", value=60 * i, size=(50, 32))
+    path = write_jsonl(tmp_path / "t.jsonl", [{"image": f"{i}.png", "caption": f"caption {i}"} for i in range(3)])
+    b = merge({"t2i": TaskStream("t2i", [JsonlSource(str(path))], p, 3).batch_at(0)}, p.pad_id, pack_length=512)
+    assert b["gen_pixels"].shape == (3, 3, 32, 32) and "pixel_values" not in b
+    codes = torch.randint(0, 64, (3, 16))
+    filled = fill_codes(b, codes)  # what the LightningModule does with the frozen VQ's codes
+    assert "gen_pixels" not in filled
+    assert sorted(filled["gen_labels"][filled["gen_labels"] != IGNORE].view(3, 16).tolist()) == sorted(codes.tolist())
+
+
+# ---- class folders and ShapesWorld --------------------------------------------------------------
+def test_class_folder_source(tmp_path, tiny_processor):
+    root = tmp_path / "imagenet" / "train"
+    for folder, n in (("n01440764", 2), ("n01443537", 1), ("n02_not_in_map", 1)):
+        for i in range(n):
+            write_image(root / folder / f"{folder}_{i}.JPEG" if i == 0 else root / folder / f"{i}.png", value=9 * i)
+    (root / "n01443537" / "notes.txt").write_text("not an image")
+    (tmp_path / "imagenet" / "synset_words.txt").write_text(
+        "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    src = ClassFolderSource(str(root))  # finds synset_words.txt in the parent
+    records = [src[i] for i in range(len(src))]
+    assert len(src) == 4
+    assert [(r["caption"], r["label"]) for r in records] == [("tench", 0), ("tench", 0), ("goldfish", 1),
+                                                             ("n02 not in map", 2)]
+    s = to_sample("t2i", tiny_processor, records[0])
+    assert s.gen_pixels is not None and "tench" in tiny_processor.decode(s.input_ids.tolist())
+    (root / "classes.json").write_text(json.dumps({"n01440764": "tinca", "n02_not_in_map": "other, more"}))
+    src = ClassFolderSource(str(root))
+    assert [src[i]["caption"] for i in (0, 2, 3)] == ["tinca", "n01443537", "other"]  # classes.json in root wins
+    assert ClassFolderSource(str(root), first_synonym=False)[3]["caption"] == "other, more"
+    with pytest.raises(FileNotFoundError):
+        ClassFolderSource(str(tmp_path / "nope"))
+
+
+def test_shapes_sources_are_deterministic_per_index(tiny_processor):
+    p = tiny_processor
+    for kind, task in (("qa", "und"), ("text", "text"), ("t2i", "t2i"), ("class", "t2i")):
+        src = ShapesSource(kind, length=20, seed=3)
+        assert len(src) == 20
+        a, b = to_sample(task, p, src[5]), to_sample(task, p, ShapesSource(kind, length=20, seed=3)[5])
+        assert torch.equal(a.input_ids, b.input_ids) and a.task == task
+    assert ShapesSource("t2i", seed=3)[5]["caption"] != ShapesSource("t2i", seed=4)[5]["caption"] or \
+        ShapesSource("t2i", seed=3)[6]["caption"] != ShapesSource("t2i", seed=4)[6]["caption"]
+    with pytest.raises(ValueError, match="unknown ShapesWorld kind"):
+        ShapesSource("video")
+
+
+# ---- litdata ------------------------------------------------------------------------------
+def test_litdata_round_trip(tmp_path, tiny_processor):
+    pytest.importorskip("litdata")
+    from lit_janus.data.optimize import main as optimize_main
+
+    p = tiny_processor
+    for i in range(8):
+        write_image(tmp_path / "img" / f"{i}.png", value=25 * i)
+    (tmp_path / "img" / "bad.png").write_bytes(b"garbage")
+    records = [{"image": f"img/{i}.png", "caption": f"caption {i}"} for i in range(8)]
+    records.append({"image": "img/bad.png", "caption": "bad"})  # left out by the converter
+    records.append({"images": ["img/0.png", "img/1.png"], "question": "q", "answer": "two"})
+    manifest = write_jsonl(tmp_path / "m.jsonl", records)
+    optimize_main([str(manifest), str(tmp_path / "lit"), "--num-workers", "0"])
+
+    source = StreamingSource(str(tmp_path / "lit"), shuffle=True)
+    items = list(source.dataset(seed=0, rank=0, world_size=1))
+    assert len(items) == 9
+    # images come back byte-identical and give the same samples as the manifest
+    by_caption = {}
+    for _, rec in zip(range(9), (r for _, r in source.records(seed=0, rank=0, world_size=1))):
+        if "caption" in rec:
+            by_caption[rec["caption"]] = rec
+        else:
+            assert len(rec["images"]) == 2 and to_sample("und", p, rec).pixel_values.shape[0] == 2
+    jsonl = JsonlSource(str(manifest))
+    for i in range(8):
+        a = to_sample("t2i", p, by_caption[f"caption {i}"])
+        b = to_sample("t2i", p, jsonl[i])
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.gen_pixels, b.gen_pixels)
+    # two ranks read disjoint shards of the endless stream; the und record is a bad t2i record
+    seen, skipped = [], 0
+    for rank in range(2):
+        stream = TaskStream("t2i", source, p, 2, rank=rank, world_size=2)
+        batches = [b for _, b in zip(range(4), stream)]
+        caps = [p.decode(s.input_ids.tolist()) for b in batches for s in b.samples]
+        assert all(len(b.samples) == 2 for b in batches)
+        skipped += sum(b.skipped for b in batches)
+        seen.append(set(caps))
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 8  # (drop_last left the 9th item out)
+    one = [b for _, b in zip(range(9), TaskStream("t2i", source, p, 2))]  # 2 epochs of 9 items, 1 bad
+    assert sum(b.skipped for b in one) == 2 and all(len(b.samples) == 2 for b in one)

@@ -185,6 +185,22 @@ class JanusModule(L.LightningModule):
                 mod.eval()
         return self
 
+    def setup(self, stage: str) -> None:
+        """The data must be tokenised and sized for this model: check before the first step."""
+        dm = getattr(self.trainer, "datamodule", None)
+        proc = getattr(dm, "processor", None)
+        if proc is None:
+            return
+        ours = self.processor
+        mismatch = [f"{name}: data {getattr(proc, name)} vs model {getattr(ours, name)}"
+                    for name in ("bos_id", "eos_id", "pad_id", "image_id", "boi_id", "eoi_id", "num_image_tokens")
+                    if getattr(proc, name) != getattr(ours, name)]
+        if proc.image.image_size != ours.image.image_size:
+            mismatch.append(f"image_size: data {proc.image.image_size} vs model {ours.image.image_size}")
+        if mismatch:
+            raise ValueError("the data module's tokenizer/image settings do not match the model's (set "
+                             "data.tokenizer, image_size and num_image_tokens to the model's): " + "; ".join(mismatch))
+
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -230,7 +246,7 @@ class JanusModule(L.LightningModule):
                 self.log(f"{split}/{task}_acc", out[f"{task}_correct"].float() / n, on_step=on_step,
                          on_epoch=not on_step, batch_size=n, sync_dist=not on_step)
         for key, value in batch.items():
-            if key.startswith("skipped_"):
+            if key.startswith("skipped_") or key == "cfg_dropped":
                 self.log(f"data/{key}", value.float().sum(), on_step=on_step, on_epoch=not on_step,
                          reduce_fx="sum", batch_size=1)
         return loss

@@ -120,3 +120,13 @@ def test_lightning_checkpoint_exports_and_inits_next_stage(tmp_path, tiny_hf_dir
     nxt = JanusModule(init_from=str(ckpt), stage=3)  # shapes and tokenizer come from the checkpoint
     nxt.configure_model()
     assert torch.equal(nxt.model.aligner.fc1.weight, module.model.aligner.fc1.weight)
+
+
+def test_data_tokenised_for_another_model_is_refused(tmp_path, tiny_hf_dir):
+    from lit_janus.data import JanusDataModule, ShapesSource
+
+    data = JanusDataModule(tokenizer="shapes", image_size=32, num_image_tokens=16, max_length=512, num_workers=0,
+                           global_batch_size=4, t2i=[ShapesSource(kind="t2i", image_size=32)],
+                           und=[ShapesSource(kind="qa", image_size=32)])
+    with pytest.raises(ValueError, match="do not match the model's.*pad_id"):
+        _trainer(tmp_path).fit(_module(tiny_hf_dir), data)

@@ -1,6 +1,6 @@
-"""2-process CPU (gloo) FSDP2 run used by test_fsdp.py: train, save a sharded checkpoint, resume.
+"""2-process CPU (gloo) run used by test_distributed.py: train, save a checkpoint, resume.
 
-usage: python fsdp_run.py PRETRAINED_DIR OUT_DIR
+usage: python distributed_run.py PRETRAINED_DIR OUT_DIR [fsdp2|ddp]
 """
 
 import json
@@ -17,22 +17,24 @@ from lit_janus.module import JanusModule  # noqa: E402
 from lit_janus.strategy import FSDP2Strategy  # noqa: E402
 
 
-def trainer(out, steps):
-    return L.Trainer(accelerator="cpu", devices=2, strategy=FSDP2Strategy(), max_steps=steps, logger=False,
+def trainer(out, steps, strategy):
+    return L.Trainer(accelerator="cpu", devices=2, strategy=FSDP2Strategy() if strategy == "fsdp2" else strategy,
+                     max_steps=steps, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                      gradient_clip_val=1.0, default_root_dir=out)
 
 
-def main(pretrained: str, out: str) -> None:
+def main(pretrained: str, out: str, strategy: str = "fsdp2") -> None:
     torch.manual_seed(0)
     m = JanusModule(init_from=pretrained, stage=2)
-    t = trainer(out, 2)
+    t = trainer(out, 2, strategy)
     t.fit(m, SyntheticData(m.processor))
-    t.save_checkpoint(f"{out}/sharded")
+    ckpt = f"{out}/sharded" if strategy == "fsdp2" else f"{out}/last.ckpt"
+    t.save_checkpoint(ckpt)
     first = float(t.callback_metrics["train/loss"])
     m2 = JanusModule(init_from=pretrained, stage=2)
-    t2 = trainer(out, 3)
-    t2.fit(m2, SyntheticData(m2.processor), ckpt_path=f"{out}/sharded")
+    t2 = trainer(out, 3, strategy)
+    t2.fit(m2, SyntheticData(m2.processor), ckpt_path=ckpt)
     if t2.global_rank == 0:
         Path(out, "result.json").write_text(json.dumps({
             "world_size": t.world_size, "step_after_resume": t2.global_step, "loss_step2": first,
@@ -42,4 +44,4 @@ def main(pretrained: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -1,4 +1,4 @@
-"""FSDP2 (ModelParallelStrategy, tensor parallel off) on 2 CPU processes with gloo."""
+"""Two CPU processes (gloo): FSDP2 (ModelParallelStrategy, tensor parallel off) and DDP."""
 
 import json
 import subprocess
@@ -9,11 +9,12 @@ import torch
 
 from lit_janus.checkpoint import load_any
 
+SCRIPT = Path(__file__).parent / "distributed_run.py"
+
 
 def test_fsdp2_two_process_train_save_resume_export(tmp_path, tiny_hf_dir):
     out = tmp_path / "run"
-    script = Path(__file__).parent / "fsdp_run.py"
-    proc = subprocess.run([sys.executable, str(script), str(tiny_hf_dir), str(out)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tiny_hf_dir), str(out), "fsdp2"], capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
@@ -26,3 +27,16 @@ def test_fsdp2_two_process_train_save_resume_export(tmp_path, tiny_hf_dir):
     assert not torch.equal(model.lm_head.weight, start.lm_head.weight)  # stage 2 trains the LLM
     assert torch.equal(model.vq.decoder.conv_out.weight, start.vq.decoder.conv_out.weight)  # VQ frozen
     assert torch.equal(model.vision.post_layernorm.weight, start.vision.post_layernorm.weight)  # SigLIP frozen
+
+
+def test_ddp_two_process_train_save_resume(tmp_path, tiny_hf_dir):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tiny_hf_dir), str(out), "ddp"], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["step_after_resume"] == 3
+    model, _ = load_any(out / "last.ckpt")
+    start, _ = load_any(tiny_hf_dir)
+    assert not torch.equal(model.lm_head.weight, start.lm_head.weight)
+    assert torch.equal(model.vq.decoder.conv_out.weight, start.vq.decoder.conv_out.weight)

@@ -11,6 +11,8 @@ Sequence layouts (DESIGN §1):
 
 from __future__ import annotations
 
+import io
+import os
 import random
 from dataclasses import dataclass
 
@@ -47,17 +49,23 @@ def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.interpolate(x[None], size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
-def load_rgb(image: Image.Image | str) -> Image.Image:
-    """Open an image path (or take a PIL image) as RGB, with an error naming the file if unreadable."""
+def load_rgb(image) -> Image.Image:
+    """An RGB PIL image from a PIL image, a path, encoded bytes or a binary file object. Errors name
+    the file: FileNotFoundError if it is missing, ValueError if it is not a readable image."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray)):
+        image = io.BytesIO(image)
+    if not isinstance(image, (str, os.PathLike)) and not hasattr(image, "read"):
+        raise ValueError(f"unsupported image value of type {type(image).__name__}")
     try:
         with Image.open(image) as im:
             return im.convert("RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {image}") from None
     except Exception as e:  # PIL raises several types for truncated/corrupt files
-        raise ValueError(f"cannot read image {image}: {e}") from None
+        name = image if isinstance(image, (str, os.PathLike)) else "<bytes>"
+        raise ValueError(f"cannot read image {name}: {e}") from None
 
 
 def understanding_pixels(image: Image.Image | str, s: ImageSettings) -> torch.Tensor:

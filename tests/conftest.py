@@ -14,6 +14,16 @@ CORPUS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny shapes gain nothing from intra-op threads, and on a busy CI runner OpenMP's spinning
+    threads make each tiny matmul milliseconds instead of microseconds."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from lit_janus.tokenizer import build_tokenizer

@@ -12,14 +12,7 @@ from lit_janus import generate as G
 from lit_janus.processor import PromptTooLongError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a busy CI runner OpenMP's spinning
-    threads make each tiny matmul milliseconds instead of microseconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROMPTS = ["a photo of a red circle", "two blue squares left of a green triangle, and three circles"]

@@ -15,14 +15,7 @@ from lit_janus import generate as G
 from lit_janus.predict import JanusGenerator, image_grid, read_items
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a busy CI runner OpenMP's spinning
-    threads make each tiny matmul milliseconds instead of microseconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,8 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from lit_janus.data.sources import Source
-from lit_janus.data.tasks import open_image
-from lit_janus.processor import generation_pixels
+from lit_janus.processor import generation_pixels, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class ImageRecords(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            pixels = generation_pixels(open_image(self.source[index]["image"]), self.image_size)
+            pixels = generation_pixels(load_rgb(self.source[index]["image"]), self.image_size)
         except (OSError, ValueError, KeyError) as e:
             log.warning("no codes for %s: %s", self.source.locate(index), e)
             pixels = None

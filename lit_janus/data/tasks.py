@@ -7,39 +7,20 @@ Nothing is truncated: a conversation that does not fit the context is rejected w
 
 from __future__ import annotations
 
-import io
 import re
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from lit_janus.batch import IGNORE, Sample
 from lit_janus.data.sources import BadRecord
-from lit_janus.processor import JanusProcessor, PromptTooLongError
+from lit_janus.processor import JanusProcessor, PromptTooLongError, load_rgb
 from lit_janus.tokenizer import ASSISTANT, USER
 
 USER_ROLES = {"user", "human", USER}
 ASSISTANT_ROLES = {"assistant", "gpt", ASSISTANT}
 IMAGE_MARKER = re.compile(r"<image>|<image_placeholder>")
-
-
-def open_image(image: Any) -> Image.Image:
-    """A path, a PIL image or a file-like object of encoded bytes, as an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, bytes):
-        image = io.BytesIO(image)
-    if isinstance(image, str) or hasattr(image, "read"):
-        try:
-            with Image.open(image) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image not found: {image}") from None
-        except Exception as e:  # PIL raises many types for truncated/corrupt data
-            raise BadRecord(f"cannot read image {image if isinstance(image, str) else '<bytes>'}: {e}") from None
-    raise BadRecord(f"unsupported image value of type {type(image).__name__}")
 
 
 def _field(record: dict[str, Any], *names: str) -> Any:
@@ -122,7 +103,7 @@ def und_sample(processor: JanusProcessor, record: dict[str, Any]) -> Sample:
         raise BadRecord("understanding record has no image")
     images = images if isinstance(images, list) else [images]
     turns = turns_of(record)  # validate the text before paying for image decoding
-    return conversation_sample(processor, [open_image(im) for im in images], turns)
+    return conversation_sample(processor, [load_rgb(im) for im in images], turns)
 
 
 # ---- text -----------------------------------------------------------------------------------
@@ -160,7 +141,7 @@ def t2i_sample(processor: JanusProcessor, record: dict[str, Any], drop_prompt: b
         return processor.t2i_sample(caption, codes=codes, cfg_dropout=cfg)
     if "image" not in record:
         raise BadRecord("text-to-image record has neither codes nor image")
-    pixels = processor.generation_pixels(open_image(record["image"]))
+    pixels = processor.generation_pixels(load_rgb(record["image"]))
     return processor.t2i_sample(caption, pixels=pixels, cfg_dropout=cfg)
 
 

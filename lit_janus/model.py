@@ -9,11 +9,11 @@ FSDP2 sees one root module. The weights live in `self.janus`, a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit_janus.batch import IGNORE, TASK_ID, TASKS
 from lit_janus.config import Config
+from lit_janus.losses import linear_cross_entropy
 from lit_janus.vq import vq_decode, vq_encode
 
 
@@ -119,10 +119,9 @@ class JanusPro(nn.Module):
         text_sel = batch["text_labels"] != IGNORE
         task = None
         if text_sel.any():
-            logits = self.lm_head(h[text_sel]).float()
+            # chunked: the [n_text, 102400] fp32 logits never exist at once (lit_janus.losses)
             target = batch["text_labels"][text_sel]
-            losses = F.cross_entropy(logits, target, reduction="none")
-            correct = logits.argmax(-1) == target
+            losses, correct = linear_cross_entropy(h[text_sel], self.lm_head.weight, self.lm_head.bias, target)
             task = batch["task_ids"][text_sel]
         for name in ("und", "text"):
             sel = None if task is None else task == TASK_ID[name]
@@ -138,10 +137,12 @@ class JanusPro(nn.Module):
         gen_sel = batch["gen_labels"] != IGNORE
         out["gen_tokens"] = gen_sel.sum()
         if gen_sel.any():
-            logits = self.gen_head(h[gen_sel]).float()
+            head = self.gen_head  # proj_out -> activation -> vision_head; the last one chunked
+            x = head.activation_fn(head.proj_out(h[gen_sel]))
             target = batch["gen_labels"][gen_sel]
-            out["gen_loss"] = F.cross_entropy(logits, target)
-            out["gen_correct"] = (logits.argmax(-1) == target).sum()
+            losses, correct = linear_cross_entropy(x, head.vision_head.weight, head.vision_head.bias, target)
+            out["gen_loss"] = losses.mean()
+            out["gen_correct"] = correct.sum()
         else:
             out["gen_loss"] = zero
             out["gen_correct"] = torch.zeros_like(out["gen_tokens"])

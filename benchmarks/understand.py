@@ -14,27 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import transformers
 
+from clock import sync, timed  # benchmarks/clock.py (scripts run with benchmarks/ on sys.path)
 from lit_janus.config import Config
 from lit_janus.generate import StaticDecoder
 from lit_janus.model import JanusPro
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t, out
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

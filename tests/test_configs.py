@@ -11,10 +11,19 @@ from PIL import Image
 from lit_janus.cli import expand_defaults, main
 
 ROOT = Path(__file__).resolve().parents[1]
-# LightningCLI entry configs; ShapesWorld pipeline recipes (top-level `stages:`) are tested with the pipeline
+def _names_model(path: Path) -> bool:
+    """Whether a config (with what it stacks on) names the model class: an entry config, not an
+    overlay meant to be stacked on one (e.g. shapes/gpu.yaml) or a pipeline recipe (`stages:`)."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if "stages" in data:
+        return False
+    if "class_path" in (data.get("model") or {}):
+        return True
+    return any(_names_model(path.parent / d) for d in data.get("defaults") or [])
+
+
 ENTRY_CONFIGS = sorted(p for d in ("janus_pro_1b", "janus_pro_7b", "shapes", "predict")
-                       for p in (ROOT / "configs" / d).glob("*.yaml")
-                       if "stages" not in (yaml.safe_load(p.read_text()) or {}))
+                       for p in (ROOT / "configs" / d).glob("*.yaml") if _names_model(p))
 STAGES = sorted((ROOT / "configs").glob("janus_pro_*/stage*.yaml"))
 
 

@@ -1,0 +1,277 @@
+"""ShapesWorld training: stage 0a (VQ), stage 0b (SigLIP), assembling the Stage I checkpoint, the pipeline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+# 32 px images, 4x4 tokens: the smallest sizes the `shapes` world and the Janus classes accept.
+SMALL = dict(n_layer=1, n_embd=64, n_head=2, n_query_groups=2, intermediate_size=128, max_position_embeddings=256,
+             vision_width=32, vision_layers=1, vision_heads=2, image_size=32, codebook_size=64)
+
+
+def _fixed_images(n=8, image_size=32, captions=False, kind="mixed"):
+    from lit_janus.shapes.vq_training import ShapesImages
+
+    ds = ShapesImages(n, seed=5, image_size=image_size, kind=kind, captions=captions)
+    items = [ds[i] for i in range(n)]
+    if captions:
+        return torch.stack([x for x, _ in items]), [t for _, t in items]
+    return torch.stack(items)
+
+
+def _train(module, batch, steps):
+    """Plain optimisation of the module's own training_step on one fixed batch (logging off)."""
+    module.log = module.log_dict = lambda *a, **k: None
+    opt = module.configure_optimizers()["optimizer"]
+    losses = []
+    for i in range(steps):
+        loss = module.training_step(batch, i)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 0a: VQ
+# ---------------------------------------------------------------------------------------------
+def test_quantizer_is_deepseeks_l2_lookup_and_decode_path_matches_inference():
+    from lit_janus.shapes.vq_training import VQModule, quantize_l2
+    from lit_janus.vq import vq_encode
+
+    torch.manual_seed(0)
+    m = VQModule(overrides=SMALL, channels_last=False).eval()
+    x = _fixed_images(4)
+    with torch.no_grad():
+        z = m.vq.quant_conv(m.vq.encoder(x))
+        z_q, codes, cb, commit, z_flat = quantize_l2(z, m.vq.quantize.embedding.weight)
+        assert torch.equal(codes, vq_encode(m.vq, x))  # the lookup the later stages tokenise with
+        assert torch.allclose(z_flat.norm(dim=-1), torch.ones(z_flat.shape[0]), atol=1e-5)
+        # training decodes exactly what JanusVQVAE.decode (inference) decodes
+        train_recon = m.vq.decoder(m.vq.post_quant_conv(z_q))
+        assert torch.allclose(train_recon, m.vq.decode(codes), atol=1e-5)
+        assert torch.allclose(m(x)["recon"], train_recon, atol=1e-5)
+    assert float(commit) == pytest.approx(0.25 * float(cb), rel=1e-4)  # same distance, beta-weighted
+
+
+def test_straight_through_gradient_reaches_encoder_and_codebook():
+    from lit_janus.shapes.vq_training import VQModule
+
+    torch.manual_seed(0)
+    m = VQModule(overrides=SMALL)
+    x = _fixed_images(2)
+    m.losses(x, m(x))["loss"].backward()
+    assert m.vq.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert m.vq.quantize.embedding.weight.grad.abs().sum() > 0
+    assert m.vq.decoder.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_vq_module_improves_its_loss_and_restarts_dead_codes():
+    from lit_janus.shapes.vq_training import VQModule
+
+    torch.manual_seed(0)
+    m = VQModule(overrides=SMALL, lr=2e-3, warmup_steps=0, restart_every=0, log_images_every=0)
+    x = _fixed_images(8)
+    losses = _train(m, x, 12)
+    assert min(losses[-3:]) < 0.7 * losses[0], losses
+    # dead-code restart: unused codes are moved onto encoder outputs
+    m.usage.zero_()
+    m.usage[:5] = 1.0
+    before = m.vq.quantize.embedding.weight.detach().clone()
+    z = torch.nn.functional.normalize(torch.randn(10, m.config.codebook_dim), dim=-1)
+    m._restart_dead_codes(z)
+    after = m.vq.quantize.embedding.weight.detach()
+    assert torch.equal(after[:5], before[:5]) and not torch.equal(after[5:], before[5:])
+    assert float(m.usage.sum()) == 0
+
+
+def test_crops_stay_on_the_token_grid():
+    from lit_janus.shapes.vq_training import ShapesImages, image_to_pixels
+
+    full = ShapesImages(10, seed=1, image_size=64)
+    crops = ShapesImages(10, seed=1, image_size=64, crop=32, crop_align=8)
+    for i in range(10):
+        c, f = crops[i], full[i]
+        assert c.shape == (3, 32, 32)
+        hits = [(y, x) for y in range(0, 33, 8) for x in range(0, 33, 8) if torch.equal(f[:, y:y + 32, x:x + 32], c)]
+        assert hits, i
+    with pytest.raises(ValueError):
+        ShapesImages(4, image_size=64, crop=30)
+    assert image_to_pixels(full.world.render(full.scene(0))).min() >= -1
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 0b: SigLIP
+# ---------------------------------------------------------------------------------------------
+def test_sigmoid_loss_matches_siglip_definition():
+    from lit_janus.shapes.siglip import sigmoid_loss
+
+    torch.manual_seed(0)
+    img, txt = torch.randn(5, 8), torch.randn(5, 8)
+    t, b = torch.tensor(2.3), torch.tensor(-10.0)
+    loss, logits = sigmoid_loss(img, txt, t, b)
+    zi, zt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+    ref_logits = zi @ zt.t() * t.exp() + b
+    labels = 2 * torch.eye(5) - 1
+    ref = -torch.log(torch.sigmoid(labels * ref_logits)).sum() / 5
+    assert torch.allclose(logits, ref_logits) and torch.allclose(loss, ref)
+
+
+def test_siglip_module_init_and_improves_its_loss():
+    import math
+
+    from lit_janus.shapes.siglip import SigLIPModule
+
+    torch.manual_seed(0)
+    m = SigLIPModule(overrides=SMALL, text_width=32, embed_dim=32, lr=2e-3, warmup_steps=0)
+    assert float(m.t_prime) == pytest.approx(math.log(10)) and float(m.bias) == -10.0
+    batch = _fixed_images(16, captions=True, kind="scenes")
+    losses = _train(m, batch, 15)
+    assert min(losses[-3:]) < 0.7 * losses[0], losses
+    # duplicate descriptions are positives of each other, not false negatives
+    pixels, texts = batch
+    dup = (torch.cat([pixels[:1], pixels[:1]]), [texts[0], texts[0]])
+    m.log = lambda *a, **k: None
+    assert torch.isfinite(m.step(dup, "train"))
+
+
+# ---------------------------------------------------------------------------------------------
+# exporting and assembling
+# ---------------------------------------------------------------------------------------------
+def _stage0_checkpoints(tmp_path):
+    """Save both stage-0 modules as Lightning checkpoints (via a 1-step Trainer run)."""
+    import lightning as L
+
+    from lit_janus.shapes.siglip import SigLIPModule
+    from lit_janus.shapes.vq_training import ShapesImageDataModule, VQModule
+
+    out = {}
+    for name, module, dm in (
+        ("vq", VQModule(overrides=SMALL, log_images_every=0),
+         ShapesImageDataModule(batch_size=2, image_size=32, val_length=2)),
+        ("vision", SigLIPModule(overrides=SMALL, text_width=32, embed_dim=32),
+         ShapesImageDataModule(batch_size=4, image_size=32, captions=True, kind="scenes", val_length=4)),
+    ):
+        trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(module, dm)
+        path = tmp_path / f"{name}.ckpt"
+        trainer.save_checkpoint(path)
+        out[name] = (path, module)
+    return out
+
+
+def test_stage0_weights_drop_into_januspro_and_assemble_loads(tmp_path):
+    from lit_janus.checkpoint import load_any
+    from lit_janus.config import Config
+    from lit_janus.model import JanusPro
+    from lit_janus.shapes.assemble import assemble, export_stage0
+
+    ck = _stage0_checkpoints(tmp_path)
+    cfg = Config.from_name("shapes", **SMALL)
+    ref = JanusPro(cfg)
+    assert set(ck["vq"][1].vq.state_dict()) == set(ref.vq.state_dict())
+    assert set(ck["vision"][1].vision.state_dict()) == set(ref.vision.state_dict())
+
+    stage0 = export_stage0(ck["vq"][0], ck["vision"][0], tmp_path / "stage0")
+    assert json.loads((stage0 / "stage0.json").read_text())["config"]["codebook_size"] == 64
+    for src in ((ck["vq"][0], ck["vision"][0]), (stage0 / "vq.safetensors", stage0 / "vision.safetensors")):
+        out = assemble(*src, tmp_path / "init", "shapes", **SMALL)
+        model, processor = load_any(out)
+        for k, v in ck["vq"][1].vq.state_dict().items():
+            assert torch.equal(model.vq.state_dict()[k], v), k
+        for k, v in ck["vision"][1].vision.state_dict().items():
+            assert torch.equal(model.vision.state_dict()[k], v), k
+        assert model.config.n_layer == 1 and processor.num_image_tokens == 16
+    with pytest.raises(ValueError, match="do not fit"):
+        assemble(stage0 / "vq.safetensors", stage0 / "vision.safetensors", tmp_path / "bad", "shapes")
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+# ---------------------------------------------------------------------------------------------
+def test_pipeline_files_parse():
+    from lit_janus.shapes.pipeline import PRESETS_DIR, PipelineSpec
+
+    for name in ("demo", "full", "full_cpu", "micro", "tokenizers"):
+        spec, base = PipelineSpec.load(PRESETS_DIR / f"{name}.yaml")
+        for st in [*spec.stage0, *spec.stages, *(s for ab in spec.ablations for s in ab["stages"])]:
+            assert (base / st.config).is_file(), (name, st.config)
+
+
+def test_stage_configs_parse_with_the_cli(tmp_path):
+    """Every ShapesWorld LightningCLI config parses and instantiates (defaults stacking included)."""
+    from safetensors.torch import save_file
+
+    from lit_janus.cli import main
+    from lit_janus.shapes.assemble import assemble
+    from lit_janus.shapes.siglip import SigLIPModule
+    from lit_janus.shapes.vq_training import VQModule
+
+    save_file({k: v.contiguous() for k, v in VQModule(overrides=SMALL).vq.state_dict().items()}, str(tmp_path / "vq.safetensors"))
+    save_file(SigLIPModule(overrides=SMALL).vision.state_dict(), str(tmp_path / "vision.safetensors"))
+    init = assemble(tmp_path / "vq.safetensors", tmp_path / "vision.safetensors", tmp_path / "init", **SMALL)
+    common = ["--trainer.logger", "false", "--trainer.callbacks", "[]"]
+    for name in ("stage0_vq", "stage0_siglip"):
+        cli = main(["--config", str(ROOT / "configs/shapes" / f"{name}.yaml"), *common], run=False)
+        assert cli.model.config.image_size == 64
+    for name, stage in (("stage1", 1), ("stage2", 2), ("stage3", 3), ("ablation_janus_stage2", 2)):
+        cli = main(["--config", str(ROOT / "configs/shapes" / f"{name}.yaml"), "--model.init_args.init_from",
+                    str(init), *common], run=False)
+        assert cli.model.hparams.stage == stage
+    cli = main(["--config", str(ROOT / "configs/shapes/stage2.yaml"), "--config", str(ROOT / "configs/shapes/gpu.yaml"),
+                "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.init_args.init_from",
+                str(init), *common], run=False)
+    assert cli.datamodule.global_batch_size == 128
+
+
+def _micro_spec(tmp_path, stages=True):
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "configs/shapes/micro.yaml").read_text())
+    if not stages:
+        spec["stages"] = spec["stages"][:1]
+        spec["ablations"] = []
+        spec["eval_init"] = False
+    p = tmp_path / "micro.yaml"
+    # stage configs are found next to the pipeline file: point at the real ones
+    for st in [*spec["stage0"], *spec["stages"], *(s for ab in spec["ablations"] for s in ab["stages"])]:
+        st["config"] = str(ROOT / "configs/shapes" / st["config"])
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_pipeline_smoke(tmp_path):
+    """Stage 0a -> 0b -> assemble -> Stage I -> evaluation -> results, at microscopic size."""
+    from lit_janus.shapes.pipeline import main
+
+    out = tmp_path / "run"
+    result = main(["--config", str(_micro_spec(tmp_path, stages=False)), "--out", str(out)])
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["ground_truth", "vq_reconstruction", "stage1"]
+    assert result["rows"][0]["geneval"]["overall"] == 1.0  # the detector on ground truth
+    assert (out / "results.md").is_file() and (out / "samples" / "stage1.png").is_file()
+    assert (out / "stage0" / "vq.safetensors").is_file() and (out / "init" / "config.json").is_file()
+    assert Path(result["checkpoints"]["stage1"]).is_file()
+    assert any((out / "tb" / "stage1").glob("events.out.tfevents*"))
+
+
+def test_pipeline_end_to_end(tmp_path):
+    """All stages, the ablation branch, evaluation after each, at microscopic size (~10 s)."""
+    from lit_janus.checkpoint import load_any
+    from lit_janus.shapes.pipeline import main
+
+    out = tmp_path / "run"
+    result = main(["--config", str(_micro_spec(tmp_path)), "--out", str(out)])
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["ground_truth", "vq_reconstruction", "init", "stage1", "stage2", "stage3", "ablation_stage3"]
+    for r in result["rows"][2:]:
+        assert set(r["geneval"]) >= {"single_object", "overall"} and r["vqa"] is not None
+    model, _ = load_any(result["checkpoints"]["stage3"])
+    assert model.config.n_layer == 1
+    assert "| after Stage III |" in (out / "results.md").read_text()

@@ -151,21 +151,22 @@ def answer_questions(model, processor, items: list[dict], batch_size: int = 64) 
 
 def score(images: list, metas: list[dict]) -> dict[str, float]:
     """GenEval's rules (`lit_janus.shapes.evaluate.evaluate`): per category and `overall`, plus
-    `exact`: the fraction of images that pass *and* contain nothing but the objects the prompt names
-    (ShapesWorld's ground truth always does). GenEval's rules only ask for "at least" the named
+    `exact_<category>`: the fraction of images that pass *and* contain nothing but the objects the
+    prompt names (ShapesWorld's ground truth always does), `exact` their mean over categories. GenEval's rules only ask for "at least" the named
     objects, which a real detector's confidence threshold makes meaningful; this detector finds
     shapes in any colour blob, so an image of scattered blobs passes "a photo of a circle" - the
     exact-scene rate is the stricter number to read alongside."""
     from lit_janus.shapes.evaluate import detect, evaluate, score_one
 
     result = evaluate(images, metas)
-    exact = []
+    exact: dict[str, list[bool]] = {}
     for im, meta in zip(images, metas):
         dets = detect(im)
         named = sum(req["count"] for req in meta.get("include", []))
-        exact.append(len(dets) == named and score_one(dets, meta))
-    result["exact"] = float(np.mean(exact)) if exact else 0.0
-    return result
+        exact.setdefault(meta["tag"], []).append(len(dets) == named and score_one(dets, meta))
+    per_tag = {f"exact_{tag}": float(np.mean(v)) for tag, v in exact.items()}
+    result["exact"] = float(np.mean(list(per_tag.values()))) if per_tag else 0.0
+    return result | per_tag
 
 
 @torch.no_grad()

@@ -11,7 +11,10 @@ so this stage trains one: transformers' `JanusVQVAE` (the very class that sits i
   straight-through estimator from the decoder back to the encoder;
 - reconstruction loss L1 + L2 (LlamaGen adds a perceptual and a GAN loss; flat shapes need neither);
 - codebook usage and perplexity logged; codes unused for `restart_every` steps are restarted on
-  random encoder outputs of the current batch (dead-code restart), so usage stays high.
+  encoder outputs of the current batch drawn in proportion to their quantisation error (dead-code
+  restart), so usage stays high without piling codes onto the background;
+- optionally trained on random crops on the token grid (`ShapesImageDataModule(crop=32)`): the
+  tokenizer is convolutional, a 32 px crop costs a quarter of a 64 px image; validation sees whole images.
 
 The decoder sees exactly what `JanusVQVAE.decode` feeds it at inference (normalised codebook
 entries through `post_quant_conv`), so the trained weights drop into `JanusPro.vq` unchanged:
@@ -44,9 +47,9 @@ def resolve_config(config: str | Config, overrides: dict | None = None) -> Confi
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int | None, final_fraction: float = 0.1):
     """Linear warm-up, then cosine decay to `final_fraction` of the LR at `total_steps` (constant after
-    warm-up when `total_steps` is unknown or `final_fraction` is 1). Stage-0 schedule: a decayed LR
-    sharpens the tokenizer's last steps noticeably; Stages I-III keep Janus-Pro's constant LR."""
-    import math as _math
+    warm-up when `total_steps` is unknown or `final_fraction` is 1). The stage-0 schedule (the
+    encoders are not part of Janus-Pro's recipe); Stages I-III keep Janus-Pro's constant LR."""
+    import math
 
     from torch.optim.lr_scheduler import LambdaLR
 
@@ -56,7 +59,7 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int | None, final_f
         if not total_steps or total_steps <= warmup_steps or final_fraction >= 1:
             return 1.0
         t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + _math.cos(_math.pi * t))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
 
     return LambdaLR(optimizer, factor)
 
@@ -75,15 +78,6 @@ def image_to_pixels(image) -> torch.Tensor:
     (`lit_janus.processor.generation_pixels`) for an image that already has the model's size."""
     x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
     return x.float() / 127.5 - 1.0
-
-
-def pixels_to_images(pixels: torch.Tensor) -> list:
-    """[B, 3, S, S] in [-1, 1] -> PIL images, as DeepSeek's script: clip((x+1)/2*255)."""
-    from PIL import Image
-
-    from lit_janus.vq import to_uint8
-
-    return [Image.fromarray(a) for a in to_uint8(pixels.detach().cpu()).numpy()]
 
 
 class ShapesImages(Dataset):
@@ -389,4 +383,4 @@ def stage0_config(checkpoint: str | Path) -> Config:
 
 
 __all__ = ["ShapesImageDataModule", "ShapesImages", "VQModule", "codebook_stats", "export_state_dict",
-           "image_to_pixels", "pixels_to_images", "quantize_l2"]
+           "image_to_pixels", "quantize_l2", "resolve_config", "stage0_config", "warmup_cosine"]

@@ -26,13 +26,14 @@ def trainer(out, steps, strategy):
 
 def main(pretrained: str, out: str, strategy: str = "fsdp2") -> None:
     torch.manual_seed(0)
-    m = JanusModule(init_from=pretrained, stage=2)
+    ac = strategy == "fsdp2"  # the FSDP config's activation checkpointing, as on GPUs
+    m = JanusModule(init_from=pretrained, stage=2, activation_checkpointing=ac)
     t = trainer(out, 2, strategy)
     t.fit(m, SyntheticData(m.processor))
     ckpt = f"{out}/sharded" if strategy == "fsdp2" else f"{out}/last.ckpt"
     t.save_checkpoint(ckpt)
     first = float(t.callback_metrics["train/loss"])
-    m2 = JanusModule(init_from=pretrained, stage=2)
+    m2 = JanusModule(init_from=pretrained, stage=2, activation_checkpointing=ac)
     t2 = trainer(out, 3, strategy)
     t2.fit(m2, SyntheticData(m2.processor), ckpt_path=ckpt)
     if t2.global_rank == 0:
@@ -40,6 +41,7 @@ def main(pretrained: str, out: str, strategy: str = "fsdp2") -> None:
             "world_size": t.world_size, "step_after_resume": t2.global_step, "loss_step2": first,
             "loss_step3": float(t2.callback_metrics["train/loss"]),
             "sharded_params": type(next(m.model.parameters())).__name__,
+            "activation_checkpointing": bool(m.model.llm.gradient_checkpointing),
         }))
 
 

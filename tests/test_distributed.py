@@ -18,7 +18,7 @@ def test_fsdp2_two_process_train_save_resume_export(tmp_path, tiny_hf_dir):
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
-    assert result["world_size"] == 2 and result["sharded_params"] == "DTensor"
+    assert result["world_size"] == 2 and result["sharded_params"] == "DTensor" and result["activation_checkpointing"]
     assert result["step_after_resume"] == 3  # resumed at step 2, ran one more
     assert (out / "sharded" / "meta.pt").is_file() and len(list((out / "sharded").glob("*.distcp"))) == 2
     # the sharded checkpoint gathers into a full model that differs from the start only where trained

@@ -365,7 +365,7 @@ def test_shapes_sources_are_deterministic_per_index(tiny_processor):
 
 # ---- litdata ------------------------------------------------------------------------------
 def test_litdata_round_trip(tmp_path, tiny_processor):
-    pytest.importorskip("litdata")
+    import litdata  # noqa: F401  (installed by .ci/run; a missing one must fail, not skip)
     from lit_janus.data.optimize import main as optimize_main
 
     p = tiny_processor

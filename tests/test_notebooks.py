@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
+# the `notebooks` extra (part of `dev`): a missing one must fail, not skip
+import ipykernel  # noqa: E402,F401
+import matplotlib  # noqa: E402,F401
+import nbclient  # noqa: E402
+import nbformat  # noqa: E402
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROOT = Path(__file__).resolve().parents[1]
-GENEVAL = Path("/work/shared/data/geneval_evaluation_metadata.jsonl")
+# GenEval's real prompt metadata, from the shared folder beside the checkout (not shipped in the repo)
+GENEVAL = Path(__file__).resolve().parents[2] / "shared/data/geneval_evaluation_metadata.jsonl"
 GENEVAL_LINES = [  # lines 1, 343 and 180 of GenEval's prompts/evaluation_metadata.jsonl
     '{"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"}',
     '{"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"}',

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from lit_janus.config import Config
+from lit_janus.tokenizer import DEFAULT_SYSTEM_PROMPT
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,14 @@ def _image_settings(directory: Path, layout: str, image_size: int):
                          std=tuple(p.get("image_std", (0.5,) * 3)), min_size=p.get("min_size", 14))
 
 
+def _system_prompt(directory: Path) -> str:
+    """`system_prompt` of the directory's processor_config.json (both layouts' processors take that key);
+    DeepSeek's default when absent, as their VLChatProcessor does."""
+    f = directory / "processor_config.json"
+    prompt = json.loads(f.read_text()).get("system_prompt") if f.is_file() else None
+    return DEFAULT_SYSTEM_PROMPT if prompt is None else prompt
+
+
 def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
                     attn_implementation: str = "sdpa", max_length: int = 4096):
     """(JanusPro, JanusProcessor) from a checkpoint directory in either layout (auto-detected)."""
@@ -365,7 +374,8 @@ def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32
     if dropped:
         log.info("%s: ignoring %d known-unused weights: %s", d, len(dropped), describe_unused(dropped))
     processor = JanusProcessor(tokenizer, num_image_tokens=config.num_image_tokens,
-                               image=_image_settings(d, layout, config.image_size), max_length=max_length)
+                               image=_image_settings(d, layout, config.image_size), max_length=max_length,
+                               system_prompt=_system_prompt(d))
     if len(tokenizer) > config.vocab_size:
         raise CheckpointError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {config.vocab_size}")
     config.image_token_id = processor.image_id
@@ -426,7 +436,9 @@ def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype 
     }, indent=2))
     (tmp / "processor_config.json").write_text(json.dumps({
         "processor_class": "JanusProcessor", "num_image_tokens": processor.num_image_tokens,
-        "use_default_system_prompt": True,
+        # transformers knows only default-or-none; our loader reads the text itself
+        "use_default_system_prompt": processor.system_prompt == DEFAULT_SYSTEM_PROMPT,
+        "system_prompt": processor.system_prompt,
     }, indent=2))
     (tmp / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     if out.exists():
@@ -460,7 +472,7 @@ def lightning_metadata(config: Config, processor) -> dict:
         processor.tokenizer.save_pretrained(d)
         files = {p.name: p.read_text() for p in Path(d).iterdir() if p.is_file()}
     return {"config": config.asdict(), "tokenizer_files": files, "image": dataclasses.asdict(processor.image),
-            "max_length": processor.max_length, "format": 1}
+            "max_length": processor.max_length, "system_prompt": processor.system_prompt, "format": 1}
 
 
 def _processor_from_metadata(meta: dict, max_length: int | None = None):
@@ -475,7 +487,8 @@ def _processor_from_metadata(meta: dict, max_length: int | None = None):
     image = ImageSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["image"].items()})
     cfg = Config(**meta["config"])
     return cfg, JanusProcessor(tok, num_image_tokens=cfg.num_image_tokens, image=image,
-                               max_length=max_length or meta.get("max_length", 4096))
+                               max_length=max_length or meta.get("max_length", 4096),
+                               system_prompt=meta.get("system_prompt", DEFAULT_SYSTEM_PROMPT))
 
 
 def _is_sharded_lightning(p: Path) -> bool:
@@ -529,7 +542,8 @@ def read_config_and_processor(path: str | Path, max_length: int = 4096):
         from lit_janus.processor import JanusProcessor
 
         processor = JanusProcessor(load_tokenizer(p), num_image_tokens=config.num_image_tokens,
-                                   image=_image_settings(p, layout, config.image_size), max_length=max_length)
+                                   image=_image_settings(p, layout, config.image_size), max_length=max_length,
+                                   system_prompt=_system_prompt(p))
         config.image_token_id = processor.image_id
         return config, processor
     if p.is_file() or _is_sharded_lightning(p):

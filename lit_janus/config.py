@@ -51,6 +51,12 @@ class Config:
     # --- token ids that the model itself needs (all others live in the processor) ---
     image_token_id: int = 100581
     """Id of `<image_placeholder>`; always overwritten from the tokenizer when a checkpoint is loaded."""
+    # --- ablation ---
+    und_encoder: str = "siglip"
+    """Which encoder feeds understanding: `siglip` (Janus' decoupled encoders) or `vq`, one encoder
+    shared by both tasks (Janus Table 5, exp. A): the image's VQ codes enter through the generation
+    adaptor, as generated images do. Stored in config.json as `lit_janus_und_encoder`, which
+    transformers ignores: only lit_janus runs a `vq` model correctly."""
 
     def __post_init__(self) -> None:
         self.vq_channel_multiplier = list(self.vq_channel_multiplier)
@@ -70,6 +76,8 @@ class Config:
                 f"the VQ downsamples by {self.vq_downsample} (2**(len(vq_channel_multiplier)-1)) but "
                 f"patch_size={self.patch_size}: both pathways must see the same token grid"
             )
+        if self.und_encoder not in ("siglip", "vq"):
+            problems.append(f"und_encoder={self.und_encoder!r}: choose siglip (decoupled) or vq (shared)")
         if self.vq_base_channels % 32:
             problems.append(f"vq_base_channels={self.vq_base_channels} must be a multiple of 32 (GroupNorm(32))")
         if problems:
@@ -139,6 +147,7 @@ class Config:
             vq_config=vq,
             image_token_id=self.image_token_id,
             tie_word_embeddings=False,
+            **({} if self.und_encoder == "siglip" else {"lit_janus_und_encoder": self.und_encoder}),
         )
 
     @classmethod
@@ -176,6 +185,7 @@ class Config:
             vq_num_res_blocks=q["num_res_blocks"],
             vq_latent_channels=q["latent_channels"],
             image_token_id=d.get("image_token_id", 100581),
+            und_encoder=d.get("lit_janus_und_encoder", "siglip"),
         )
 
     def asdict(self) -> dict[str, Any]:

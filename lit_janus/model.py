@@ -68,7 +68,14 @@ class JanusPro(nn.Module):
 
     # ---- the pieces -----------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """SigLIP last layer after the final LayerNorm (no pooling), then the aligner: [N, 576, D]."""
+        """SigLIP last layer after the final LayerNorm (no pooling), then the aligner: [N, 576, D].
+
+        With `config.und_encoder == "vq"` (the shared-encoder ablation) the image is VQ-encoded and
+        its codes embedded like generated ones; the pixels go to the VQ as they are, which is its
+        [-1, 1] input when the processor normalises with mean = std = 0.5 (Janus-Pro, ShapesWorld;
+        JanusModule checks)."""
+        if self.config.und_encoder == "vq":
+            return self.code_embeddings(self.encode_images(pixel_values))
         return self.aligner(self.vision(pixel_values).last_hidden_state)
 
     def code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:

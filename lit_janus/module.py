@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
 from lit_janus.batch import fill_codes
@@ -200,6 +201,13 @@ class JanusModule(L.LightningModule):
         if mismatch:
             raise ValueError("the data module's tokenizer/image settings do not match the model's (set "
                              "data.tokenizer, image_size and num_image_tokens to the model's): " + "; ".join(mismatch))
+        if self.config.und_encoder == "vq" and (set(proc.image.mean) != {0.5} or set(proc.image.std) != {0.5}):
+            raise ValueError(f"und_encoder=vq feeds understanding pixels to the VQ, whose input is [-1, 1]: the data "
+                             f"must normalise with mean = std = 0.5, not {proc.image.mean} / {proc.image.std}")
+        if proc.system_prompt != ours.system_prompt:
+            # the chat format is the data's choice; the checkpoints record it for predict/evaluation
+            rank_zero_info(f"system prompt: {ours.system_prompt!r} -> {proc.system_prompt!r} (from the data module)")
+            ours.system_prompt = proc.system_prompt
 
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):

@@ -150,3 +150,29 @@ def test_vq_encode_uses_cosine_lookup_and_decodes(tiny_model):
     assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="codes must lie in"):
         vq_decode(vq, codes + 1000)
+
+
+@torch.no_grad()
+def test_shared_vq_encoder_ablation_feeds_understanding_through_the_generation_adaptor(tmp_path, tiny_model, tiny_processor):
+    """`und_encoder=vq` (Janus Table 5, exp. A): the image's VQ codes, embedded as generated codes
+    are, fill the image slots; SigLIP and the aligner are not used. The choice survives export."""
+    from dataclasses import replace
+
+    from lit_janus.checkpoint import build_model, load_pretrained, save_transformers
+
+    cfg = replace(tiny_model.config, und_encoder="vq")
+    shared = build_model(cfg, tiny_model.janus.state_dict()).eval()
+    pixels = tiny_processor.understanding_pixels(_image()).unsqueeze(0)
+    expected = shared.code_embeddings(vq_encode(shared.vq, pixels))
+    torch.testing.assert_close(shared.image_features(pixels), expected, rtol=0, atol=0)
+    assert not torch.allclose(tiny_model.image_features(pixels), expected)
+    b = collate([tiny_processor.understanding_sample(_image(), "what colour?", "green")], tiny_processor.pad_id)
+    loss = shared(b)["und_loss"]
+    for p in shared.vision.parameters():
+        p.add_(1.0)  # SigLIP is out of the loop
+    assert torch.equal(shared(b)["und_loss"], loss)
+    out = save_transformers(shared, tiny_processor, tmp_path / "shared")
+    assert load_pretrained(out)[0].config.und_encoder == "vq"
+    assert load_pretrained(save_transformers(tiny_model, tiny_processor, tmp_path / "plain"))[0].config.und_encoder == "siglip"
+    with pytest.raises(ValueError, match="und_encoder='clip'"):
+        replace(cfg, und_encoder="clip")

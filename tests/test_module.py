@@ -130,3 +130,32 @@ def test_data_tokenised_for_another_model_is_refused(tmp_path, tiny_hf_dir):
                            und=[ShapesSource(kind="qa", image_size=32)])
     with pytest.raises(ValueError, match="do not match the model's.*pad_id"):
         _trainer(tmp_path).fit(_module(tiny_hf_dir), data)
+
+
+def test_the_data_system_prompt_travels_with_every_checkpoint(tmp_path, tiny_hf_dir, tiny_processor):
+    """Training without a system prompt: the Lightning checkpoint, its transformers export and
+    transformers' own processor all keep that choice, so predict asks questions as trained."""
+    from test_data import manifests
+    from transformers import AutoProcessor
+
+    from lit_janus.checkpoint import load_any, load_pretrained, read_config_and_processor
+    from lit_janus.convert import main as convert_main
+    from lit_janus.data import JanusDataModule, JsonlSource, TaskRatio
+
+    assert tiny_processor.system_prompt  # DeepSeek's default: the data module changes it
+    paths = manifests(tmp_path / "data", n=8)
+    data = JanusDataModule(tokenizer=str(tiny_hf_dir), image_size=32, num_image_tokens=16, max_length=512,
+                           num_workers=0, global_batch_size=4, ratio=TaskRatio(1, 1, 2), system_prompt="",
+                           **{t: [JsonlSource(str(p))] for t, p in paths.items()})
+    module = _module(tiny_hf_dir, stage=2)
+    t = _trainer(tmp_path)
+    t.fit(module, data)
+    ckpt = tmp_path / "last.ckpt"
+    t.save_checkpoint(ckpt)
+    assert read_config_and_processor(ckpt)[1].system_prompt == ""
+    _, proc = load_any(ckpt)
+    assert proc.system_prompt == "" and proc.understanding_ids("q?")[1:3] != tiny_processor.understanding_ids("q?")[1:3]
+    assert convert_main([str(ckpt), str(tmp_path / "hf")]) == 0
+    assert load_pretrained(tmp_path / "hf")[1].system_prompt == ""
+    assert AutoProcessor.from_pretrained(str(tmp_path / "hf")).use_default_system_prompt is False
+    assert load_pretrained(tiny_hf_dir)[1].system_prompt == tiny_processor.system_prompt  # default kept

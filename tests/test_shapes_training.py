@@ -269,9 +269,13 @@ def test_pipeline_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = main(["--config", str(_micro_spec(tmp_path)), "--out", str(out)])
     names = [r["name"] for r in result["rows"]]
-    assert names == ["ground_truth", "vq_reconstruction", "init", "stage1", "stage2", "stage3", "ablation_stage3"]
+    assert names == ["ground_truth", "vq_reconstruction", "init", "stage1", "stage2", "stage3", "ablation_stage3",
+                     "shared_stage1"]
     for r in result["rows"][2:]:
         assert set(r["geneval"]) >= {"single_object", "overall"} and r["vqa"] is not None
     model, _ = load_any(result["checkpoints"]["stage3"])
-    assert model.config.n_layer == 1
+    assert model.config.n_layer == 1 and model.config.und_encoder == "siglip"
+    shared, _ = load_any(result["checkpoints"]["shared_stage1"])  # its own init, same seed, VQ for both tasks
+    assert shared.config.und_encoder == "vq" and shared.config.n_layer == 1
+    assert torch.equal(shared.vq.quant_conv.weight, model.vq.quant_conv.weight)
     assert "| after Stage III |" in (out / "results.md").read_text()

@@ -266,3 +266,21 @@ def test_vocabulary_covers_every_generated_word():
     assert vocab - used <= set(NUMBER_WORDS), vocab - used  # no padding beyond spare number words
     tokens = ["is", "there", "a", "red", "circle", "?", "yes", ",", "two", "."]
     assert split_words("Is there a red circle? Yes, two.") == tokens
+
+
+def test_qa_conversations_ask_distinct_true_questions_about_one_scene():
+    from lit_janus.data import ShapesSource
+
+    w = ShapesWorld(seed=0)
+    for i in range(50):
+        chat = w.qa_conversation(i, turns=4)["conversations"]
+        first = w.qa_sample(i)
+        assert chat[:2] == [{"role": "user", "content": first["question"]},
+                            {"role": "assistant", "content": first["answer"]}]
+        questions = [m["content"] for m in chat[::2]]
+        assert 2 <= len(questions) <= 4 and len(set(questions)) == len(questions)
+        assert [m["role"] for m in chat] == ["user", "assistant"] * len(questions)
+    assert np.array_equal(np.asarray(w.qa_conversation(3, 4)["image"]), np.asarray(w.qa_sample(3)["image"]))
+    assert "conversations" in ShapesSource("qa", turns=3)[0] and "question" in ShapesSource("qa")[0]
+    with pytest.raises(ValueError, match="turns must be 1-6"):
+        ShapesSource("qa", turns=0)

@@ -32,6 +32,7 @@ from lit_janus.data.mixing import TaskRatio, merge, task_batch_sizes
 from lit_janus.data.sources import Source, StreamingSource
 from lit_janus.data.stream import TaskBatch, TaskStream
 from lit_janus.processor import ImageSettings, JanusProcessor
+from lit_janus.tokenizer import DEFAULT_SYSTEM_PROMPT
 
 TaskSources = list[Source | StreamingSource] | None
 
@@ -85,6 +86,7 @@ class JanusDataModule(L.LightningDataModule):
         val_batches: int = 8,
         num_workers: int = 2,
         seed: int = 0,
+        system_prompt: str | None = None,
     ):
         """
         Args:
@@ -111,6 +113,9 @@ class JanusDataModule(L.LightningDataModule):
             val_batches: validation steps per rank and validation run.
             num_workers: DataLoader worker processes per task stream.
             seed: seed of the shuffle order, CFG dropout and bad-record replacement.
+            system_prompt: text before the first user turn of understanding samples; None = DeepSeek's
+                default, "" = none. The trained model's checkpoints record it, so `predict` and the
+                evaluations ask questions in the same format.
         """
         super().__init__()
         self.tokenizer = tokenizer
@@ -120,6 +125,7 @@ class JanusDataModule(L.LightningDataModule):
         self.global_batch_size, self.round_ratio = global_batch_size, round_ratio
         self.image_size, self.num_image_tokens, self.max_length = image_size, num_image_tokens, max_length
         self.pack_length, self.cfg_dropout, self.strict = pack_length, cfg_dropout, strict
+        self.system_prompt = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
         self.val_batches, self.num_workers, self.seed = val_batches, num_workers, seed
         if pack_length is not None and pack_length < max_length:
             raise ValueError(f"pack_length {pack_length} < max_length {max_length}: a sample of max_length "
@@ -150,6 +156,7 @@ class JanusDataModule(L.LightningDataModule):
             self._processor = JanusProcessor(
                 load_tokenizer(self.tokenizer), num_image_tokens=self.num_image_tokens,
                 image=image_settings(self.tokenizer, self.image_size), max_length=self.max_length,
+                system_prompt=self.system_prompt,
             )
         return self._processor
 

@@ -239,7 +239,7 @@ class ShapesSource(Source):
     Use another `seed` for held-out validation data of the same distribution."""
 
     def __init__(self, kind: Literal["qa", "text", "t2i", "class"], length: int = 100_000, seed: int = 0,
-                 split: Literal["train", "heldout"] = "train", image_size: int = 64):
+                 split: Literal["train", "heldout"] = "train", image_size: int = 64, turns: int = 1):
         """
         Args:
             kind: which ShapesWorld generator.
@@ -247,12 +247,15 @@ class ShapesSource(Source):
             seed: world seed.
             split: `heldout` draws t2i/class targets only from the held-out colour-shape combos.
             image_size: rendered image side in pixels.
+            turns: `qa` only: questions (of distinct types) per scene, as one multi-turn conversation.
         """
         from lit_janus.shapes import ShapesWorld
 
         if kind not in ("qa", "text", "t2i", "class"):
             raise ValueError(f"unknown ShapesWorld kind {kind!r}; choose qa, text, t2i or class")
-        self.kind, self.length = kind, length
+        if not 1 <= turns <= 6:
+            raise ValueError(f"turns must be 1-6 (one per question type), got {turns}")
+        self.kind, self.length, self.turns = kind, length, turns
         self.world = ShapesWorld(seed=seed, image_size=image_size, split=split)
 
     def __len__(self) -> int:
@@ -260,6 +263,8 @@ class ShapesSource(Source):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         w = self.world
+        if self.kind == "qa" and self.turns > 1:
+            return w.qa_conversation(index, self.turns)
         if self.kind == "qa":
             r = w.qa_sample(index)
             return {"image": r["image"], "question": r["question"], "answer": r["answer"]}

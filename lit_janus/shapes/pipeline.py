@@ -79,7 +79,9 @@ class PipelineSpec:
     """Also copy the trained stage-0 weights here (e.g. checkpoints/shapes/stage0, what demo.yaml reuses)."""
     stages: list[StageSpec] = field(default_factory=list)
     ablations: list[dict[str, Any]] = field(default_factory=list)
-    """Branches: {name, from: <stage>, stages: [StageSpec...], label} - evaluated like the main line."""
+    """Branches: {name, from: <stage>, stages: [StageSpec...], model: {Config overrides}} - evaluated like
+    the main line. With `model` the branch starts from its own assembled checkpoint (same stage 0 and
+    seed, e.g. `{und_encoder: vq}`), so `from` must be `init`."""
     trainer: dict[str, Any] = field(default_factory=dict)
     """Trainer overrides applied to every run (accelerator, precision, ...)."""
     eval: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +103,9 @@ class PipelineSpec:
         data["stages"] = stages(data.get("stages"))
         for ab in data.get("ablations") or []:
             ab["stages"] = stages(ab.get("stages"))
+            if ab.get("model") and ab.get("from") != "init":
+                raise ValueError(f"{p}: ablation {ab.get('name')!r} changes the model ({ab['model']}), so it must "
+                                 f"start from: init (its own assembled checkpoint), not {ab.get('from')!r}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{p}: unknown pipeline keys {sorted(unknown)}")
@@ -250,15 +255,15 @@ class Pipeline:
             self.log(f"[{self.elapsed()}] stage 0 weights exported to {dest}")
         return out
 
-    def assemble(self, stage0_dir: Path) -> str:
+    def assemble(self, stage0_dir: Path, name: str = "init", **overrides) -> str:
         from lit_janus.shapes.assemble import assemble
 
         t = time.perf_counter()
-        path = assemble(stage0_dir / "vq.safetensors", stage0_dir / "vision.safetensors", self.out / "init",
-                        "shapes", seed=self.spec.seed, **self.spec.model)
-        self.timings["assemble"] = time.perf_counter() - t
-        self.checkpoints["init"] = str(path)
-        self.log(f"[{self.elapsed()}] assembled {path}")
+        path = assemble(stage0_dir / "vq.safetensors", stage0_dir / "vision.safetensors", self.out / name,
+                        "shapes", seed=self.spec.seed, **{**self.spec.model, **overrides})
+        self.timings[f"assemble_{name}" if overrides else "assemble"] = time.perf_counter() - t
+        self.checkpoints[name] = str(path)
+        self.log(f"[{self.elapsed()}] assembled {path}" + (f" with {overrides}" if overrides else ""))
         return str(path)
 
     # ---- evaluation -----------------------------------------------------------------------------
@@ -413,6 +418,9 @@ class Pipeline:
             del cli
         for ab in spec.ablations:
             prev = ab["from"]
+            if ab.get("model"):
+                prev = f"init_{ab['name']}"
+                self.assemble(stage0_dir, prev, **ab["model"])
             for st in ab["stages"]:
                 cli = self.fit(st, init_from=self.checkpoints[st.init_from or prev])
                 if st.evaluate:

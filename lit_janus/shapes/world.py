@@ -451,5 +451,24 @@ class ShapesWorld:
         question, answer, qtype = make_qa(scene, rng)
         return {"image": self.render(scene), "question": question, "answer": answer, "qtype": qtype}
 
+    def qa_conversation(self, index: int, turns: int) -> dict:
+        """``{image, conversations}``: up to ``turns`` questions of distinct types about one scene, as
+        a multi-turn chat (LLaVA-style records are multi-turn too). One image then supervises several
+        answers, which multiplies the understanding signal per image token. The first turn is
+        ``qa_sample(index)``'s question, so ``turns=1`` gives the same data."""
+        first = self.qa_sample(index)
+        rng = stable_rng(self.seed, "qa-turns", index)
+        scene = random_scene(stable_rng(self.seed, "qa", index))  # the same draw as qa_sample's scene
+        chat = [{"role": "user", "content": first["question"]}, {"role": "assistant", "content": first["answer"]}]
+        asked = {first["question"]}
+        for qtype in rng.sample([t for t in QA_TYPES if t != first["qtype"]], len(QA_TYPES) - 1):
+            if len(chat) >= 2 * turns:
+                break
+            qa = _QA[qtype](scene, rng)
+            if qa is not None and qa[0] not in asked:
+                asked.add(qa[0])
+                chat += [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
+        return {"image": first["image"], "conversations": chat}
+
     def text_sample(self, index: int) -> dict:
         return {"text": make_sentence(stable_rng(self.seed, "text", index))}

@@ -25,9 +25,12 @@ class JanusPro(nn.Module):
         self.config = config
         if janus is None:
             hf = config.to_hf()
-            hf._attn_implementation = attn_implementation
+            # flex attention matters only in the LLM (packed documents: a block-sparse mask instead of
+            # sdpa's dense [B,1,T,T] one); transformers' Janus wrapper and SigLIP do not accept it
+            outer = "sdpa" if attn_implementation == "flex_attention" else attn_implementation
+            hf._attn_implementation = outer
             hf.text_config._attn_implementation = attn_implementation
-            hf.vision_config._attn_implementation = attn_implementation
+            hf.vision_config._attn_implementation = outer
             janus = JanusForConditionalGeneration(hf)
         if janus.lm_head.weight is janus.model.language_model.embed_tokens.weight:
             raise ValueError("lm_head is tied to embed_tokens; Janus-Pro's are untied")

@@ -176,3 +176,27 @@ def test_shared_vq_encoder_ablation_feeds_understanding_through_the_generation_a
     assert load_pretrained(save_transformers(tiny_model, tiny_processor, tmp_path / "plain"))[0].config.und_encoder == "siglip"
     with pytest.raises(ValueError, match="und_encoder='clip'"):
         replace(cfg, und_encoder="clip")
+
+
+@torch.no_grad()
+def test_flex_attention_gives_the_sdpa_losses_on_packed_rows(tiny_model, tiny_processor):
+    """`attn_implementation: flex_attention` (issue 7's lever for packed documents: a block-sparse mask
+    instead of sdpa's dense [B,1,T,T] one; the LLM only - transformers' Janus wrapper and SigLIP refuse
+    it) computes the same losses. Forward only: torch has no flex-attention backward on the CPU."""
+    from lit_janus.model import JanusPro
+
+    p = tiny_processor
+    codes = torch.arange(p.num_image_tokens) % tiny_model.config.codebook_size
+    samples = [p.t2i_sample("a red circle", codes), p.text_sample("the triangle is left of the circle."),
+               p.understanding_sample(_image(3), "what colour?", "green"), p.text_sample("yes")]
+    batch = collate(samples, p.pad_id, pack_length=256)
+    flex = JanusPro(tiny_model.config, "flex_attention")
+    flex.janus.load_state_dict(tiny_model.janus.state_dict())
+    assert flex.llm.config._attn_implementation == "flex_attention"
+    ref, out = tiny_model(batch), flex(batch)
+    for key in ("und_loss", "text_loss", "gen_loss"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-4, atol=1e-5)
+    # and packing still isolates documents under flex: the same text alone gives the same loss
+    alone = flex(collate([samples[1]], p.pad_id))
+    torch.testing.assert_close(alone["text_loss"], tiny_model(collate([samples[1]], p.pad_id))["text_loss"],
+                               rtol=1e-4, atol=1e-5)

@@ -140,6 +140,34 @@ def test_siglip_module_init_and_improves_its_loss():
     assert torch.isfinite(m.step(dup, "train"))
 
 
+def test_hard_negatives_differ_in_one_attribute_and_enter_the_loss_as_negatives():
+    from lit_janus.shapes.siglip import SigLIPModule
+    from lit_janus.shapes.vq_training import ShapesImages
+    from lit_janus.shapes.world import describe, split_words
+
+    ds = ShapesImages(32, seed=1, image_size=32, kind="scenes", captions=True, hard_negatives=2)
+    for i in range(32):
+        _, text, *negs = ds[i]
+        assert text == describe(ds.scene(i).objects) and len(negs) == 2
+        for neg in negs:  # the same objects in the same order, one word (a shape or a colour) changed
+            a, b = ([w for w in split_words(t) if w not in ("a", "an")] for t in (text, neg))
+            assert len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1
+    again = ShapesImages(32, seed=1, image_size=32, kind="scenes", captions=True, hard_negatives=2)
+    assert again[3][1:] == ds[3][1:] and torch.equal(again[3][0], ds[3][0])  # a pure function of the index
+    with pytest.raises(ValueError, match="set captions=True"):
+        ShapesImages(4, hard_negatives=1)
+    torch.manual_seed(0)
+    m = SigLIPModule(overrides=SMALL, text_width=32, embed_dim=32, lr=2e-3, warmup_steps=0)
+    m.log = m.log_dict = lambda *a, **k: None
+    seen = {}
+    encode = m.encode_texts
+    m.encode_texts = lambda texts: seen.setdefault("texts", list(texts)) and encode(texts)
+    items = [ds[i] for i in range(4)]
+    batch = (torch.stack([x[0] for x in items]), [x[1] for x in items], [x[2] for x in items], [x[3] for x in items])
+    assert torch.isfinite(m.step(batch, "train"))
+    assert seen["texts"] == batch[1] + batch[2] + batch[3]  # 4 images against 4 + 2x4 captions
+
+
 # ---------------------------------------------------------------------------------------------
 # exporting and assembling
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +226,7 @@ def test_stage0_weights_drop_into_januspro_and_assemble_loads(tmp_path):
 def test_pipeline_files_parse():
     from lit_janus.shapes.pipeline import PRESETS_DIR, PipelineSpec
 
-    for name in ("demo", "full", "full_cpu", "micro", "tokenizers"):
+    for name in ("demo", "full", "full_cpu", "micro", "tokenizers", "encoder"):
         spec, base = PipelineSpec.load(PRESETS_DIR / f"{name}.yaml")
         for st in [*spec.stage0, *spec.stages, *(s for ab in spec.ablations for s in ab["stages"])]:
             assert (base / st.config).is_file(), (name, st.config)
@@ -259,6 +287,23 @@ def test_pipeline_smoke(tmp_path):
     assert (out / "stage0" / "vq.safetensors").is_file() and (out / "init" / "config.json").is_file()
     assert Path(result["checkpoints"]["stage1"]).is_file()
     assert any((out / "tb" / "stage1").glob("events.out.tfevents*"))
+
+    # retrain only the encoder (stage0_retrain), the VQ tokenizer taken from the first run
+    import yaml
+
+    spec = yaml.safe_load(_micro_spec(tmp_path, stages=False).read_text())
+    spec.update(stages=[], ablations=[], stage0_reuse=str(out / "stage0"), stage0_retrain=["stage0_siglip"])
+    (tmp_path / "encoder.yaml").write_text(yaml.safe_dump(spec))
+    again = tmp_path / "again"
+    result = main(["--config", str(tmp_path / "encoder.yaml"), "--out", str(again)])
+    assert (again / "stage0_siglip").is_dir() and not (again / "stage0_vq").exists()
+    assert (again / "stage0" / "vq.safetensors").read_bytes() == (out / "stage0" / "vq.safetensors").read_bytes()
+    assert set(json.loads((again / "stage0" / "stage0.json").read_text())["metrics"]) >= {"vq_loss", "siglip_loss"}
+    assert result["rows"][0]["geneval"]["overall"] == 1.0
+    spec["stage0_retrain"] = ["stage0_clip"]
+    (tmp_path / "encoder.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="not stage0 runs"):
+        main(["--config", str(tmp_path / "encoder.yaml"), "--out", str(tmp_path / "bad")])
 
 
 def test_pipeline_end_to_end(tmp_path):

@@ -75,6 +75,8 @@ class PipelineSpec:
     """Directory with vq.safetensors / vision.safetensors / stage0.json: skip stages 0a/0b and use them."""
     stage0: list[StageSpec] = field(default_factory=list)
     """[vq, siglip] training runs (used when `stage0_reuse` is unset or missing)."""
+    stage0_retrain: list[str] = field(default_factory=list)
+    """Names of stage0 runs to train even though `stage0_reuse` exists; the other part is reused."""
     export_stage0: str | None = None
     """Also copy the trained stage-0 weights here (e.g. checkpoints/shapes/stage0, what demo.yaml reuses)."""
     stages: list[StageSpec] = field(default_factory=list)
@@ -211,36 +213,53 @@ class Pipeline:
 
     # ---- stage 0 + assemble -----------------------------------------------------------------
     def stage0(self) -> Path:
+        from lit_janus.config import Config
         from lit_janus.shapes.assemble import export_stage0
+        from lit_janus.shapes.siglip import SigLIPModule
 
         out = self.out / "stage0"
-        reuse = self.spec.stage0_reuse
+        reuse, retrain = self.spec.stage0_reuse, set(self.spec.stage0_retrain)
+        unknown = retrain - {st.name for st in self.spec.stage0}
+        if unknown:
+            raise ValueError(f"stage0_retrain names {sorted(unknown)}, which are not stage0 runs")
+        src = None
         if reuse:
             src = Path(reuse) if Path(reuse).is_absolute() else ROOT / reuse
-            if (src / "vq.safetensors").is_file() and (src / "vision.safetensors").is_file():
-                self.log(f"[{self.elapsed()}] stage 0: reusing {src} (trained by an earlier pipeline run; "
-                         "unset stage0_reuse to train it here)")
-                if src.resolve() != out.resolve():
-                    shutil.copytree(src, out, dirs_exist_ok=True)
-                self.extra["stage0"] = {"reused": str(reuse)}
-                meta = src / "stage0.json"
-                if meta.is_file():
-                    self.extra["stage0"] |= json.loads(meta.read_text()).get("metrics", {})
-                return out
-            self.log(f"[{self.elapsed()}] stage 0: {src} not found, training stage 0 here")
-        if len(self.spec.stage0) != 2:
+            if not ((src / "vq.safetensors").is_file() and (src / "vision.safetensors").is_file()):
+                self.log(f"[{self.elapsed()}] stage 0: {src} not found, training stage 0 here")
+                src = None
+        if src is not None and not retrain:
+            self.log(f"[{self.elapsed()}] stage 0: reusing {src} (trained by an earlier pipeline run; "
+                     "unset stage0_reuse to train it here)")
+            if src.resolve() != out.resolve():
+                shutil.copytree(src, out, dirs_exist_ok=True)
+            self.extra["stage0"] = {"reused": str(reuse)}
+            meta = src / "stage0.json"
+            if meta.is_file():
+                self.extra["stage0"] |= json.loads(meta.read_text()).get("metrics", {})
+            return out
+        if src is None and len(self.spec.stage0) != 2:
             raise ValueError("stage0 needs two runs: [vq, siglip]")
-        vq_stage, siglip_stage = self.spec.stage0
-        vq_cli = self.fit(vq_stage, eval_callback=False, stage0=True)
-        siglip_cli = self.fit(siglip_stage, eval_callback=False, stage0=True)
-        metrics = {}
-        for prefix, cli in (("vq", vq_cli), ("siglip", siglip_cli)):
-            for k, v in cli.trainer.callback_metrics.items():
-                if k.startswith("val/"):
-                    metrics[f"{prefix}_{k[4:]}"] = float(v)
+        # parts come from the runs trained here, the rest from `src` (stage0_retrain)
+        parts, metrics, config = {}, {}, None
+        if src is not None:
+            old = json.loads((src / "stage0.json").read_text())
+            parts = {"vq": src / "vq.safetensors", "vision": src / "vision.safetensors"}
+            metrics, config = dict(old.get("metrics", {})), Config(**old["config"])
+            self.log(f"[{self.elapsed()}] stage 0: retraining {sorted(retrain)}, the rest from {src}")
+        for st in self.spec.stage0:
+            if src is not None and st.name not in retrain:
+                continue
+            cli = self.fit(st, eval_callback=False, stage0=True)
+            part, prefix = ("vision", "siglip") if isinstance(cli.model, SigLIPModule) else ("vq", "vq")
+            parts[part] = self.checkpoints[st.name]
+            metrics = {k: v for k, v in metrics.items() if not k.startswith(prefix + "_")}
+            metrics |= {f"{prefix}_{k[4:]}": float(v) for k, v in cli.trainer.callback_metrics.items()
+                        if k.startswith("val/")}
+            if part == "vq" or config is None:
+                config = cli.model.config
         self.extra["stage0"] = metrics
-        export_stage0(self.checkpoints[vq_stage.name], self.checkpoints[siglip_stage.name], out,
-                      config=vq_cli.model.config)
+        export_stage0(parts["vq"], parts["vision"], out, config=config)
         meta = json.loads((out / "stage0.json").read_text())
         meta["metrics"] = metrics
         meta["produced_by"] = f"python -m lit_janus.shapes.pipeline (spec {self.spec.name})"
@@ -473,7 +492,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m lit_janus.shapes.pipeline", description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", help="pipeline file (e.g. configs/shapes/demo.yaml)")
-    g.add_argument("--preset", help="a pipeline file in configs/shapes by name: demo, full, full_cpu, micro")
+    g.add_argument("--preset", help="a pipeline file in configs/shapes by name: demo, full, full_cpu, tokenizers, encoder, micro")
     p.add_argument("--out", default=None, help="output directory (default: runs/shapes_<name>)")
     p.add_argument("--accelerator", default=None, help="override the trainer accelerator of every run (cpu/gpu)")
     a = p.parse_args(argv)

@@ -87,8 +87,8 @@ class TextTower(nn.Module):
 
 def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, t_prime: torch.Tensor, bias: torch.Tensor,
                  positives: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """SigLIP's pairwise sigmoid loss on L2-normalised embeddings [n, d]; `positives` [n, n] bool
-    (default: the diagonal). Returns (loss, logits)."""
+    """SigLIP's pairwise sigmoid loss on L2-normalised embeddings, images [n, d] against texts [m, d];
+    `positives` [n, m] bool (default: the diagonal, m = n). Returns (loss, logits)."""
     logits = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t() * t_prime.exp() + bias
     if positives is None:
         positives = torch.eye(len(img), dtype=torch.bool, device=img.device)
@@ -156,14 +156,16 @@ class SigLIPModule(L.LightningModule):
         return self.text(self.tokenizer(texts).to(self.device))
 
     def step(self, batch, split: str) -> torch.Tensor:
-        pixels, texts = batch
-        img, txt = self.encode_images(pixels), self.encode_texts(list(texts))
-        same = torch.tensor([[a == b for b in texts] for a in texts], device=img.device)
+        pixels, texts, *negatives = batch  # negatives: k lists of hard-negative captions
+        texts = list(texts)
+        columns = texts + [t for group in negatives for t in group]
+        img, txt = self.encode_images(pixels), self.encode_texts(columns)
+        same = torch.tensor([[a == b for b in columns] for a in texts], device=img.device)
         loss, logits = sigmoid_loss(img, txt, self.t_prime, self.bias, same)
-        # retrieval: the best-scoring text of each image is one of its true descriptions
-        i2t = same[torch.arange(len(texts)), logits.argmax(1)].float().mean()
-        t2i = same[logits.argmax(0), torch.arange(len(texts))].float().mean()
+        # retrieval: the best-scoring text of each image (hard negatives included) is a true description
         n = len(texts)
+        i2t = same[torch.arange(n), logits.argmax(1)].float().mean()
+        t2i = same[logits[:, :n].argmax(0), torch.arange(n)].float().mean()
         on_step = split == "train"
         self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=n)
         self.log(f"{split}/i2t_acc", i2t, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=n)

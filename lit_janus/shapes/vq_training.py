@@ -86,17 +86,21 @@ class ShapesImages(Dataset):
     `kind`: `scenes` (random 1-4 object scenes over all 18 colour-shape combos, as in understanding
     data), `t2i` (train-split generation targets) or `mixed` (alternating). With `captions=True`
     an item is `(pixels, description)`, the description being ShapesWorld's canonical short one
-    ("a red circle and a blue square", objects left to right) - SigLIP's text side."""
+    ("a red circle and a blue square", objects left to right) - SigLIP's text side - followed by
+    `hard_negatives` descriptions of the scene with one object's shape or colour changed."""
 
     def __init__(self, length: int = 100_000, seed: int = 0, image_size: int = 64, kind: str = "mixed",
-                 captions: bool = False, crop: int | None = None, crop_align: int = 8):
+                 captions: bool = False, crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0):
         from lit_janus.shapes.world import ShapesWorld
 
         if kind not in ("scenes", "t2i", "mixed"):
             raise ValueError(f"kind must be scenes, t2i or mixed, not {kind!r}")
         if crop is not None and (crop > image_size or crop % crop_align or image_size % crop_align):
             raise ValueError(f"crop {crop} must be <= image_size {image_size}, both multiples of crop_align {crop_align}")
+        if hard_negatives and not captions:
+            raise ValueError("hard_negatives are captions: set captions=True")
         self.length, self.seed, self.kind, self.captions = length, seed, kind, captions
+        self.hard_negatives = hard_negatives
         self.crop, self.crop_align = crop, crop_align
         self.world = ShapesWorld(seed=seed, image_size=image_size)
 
@@ -124,7 +128,13 @@ class ShapesImages(Dataset):
             n = (pixels.shape[-1] - self.crop) // self.crop_align + 1
             y, x = (rng.randrange(n) * self.crop_align for _ in range(2))
             pixels = pixels[:, y : y + self.crop, x : x + self.crop]
-        return (pixels, describe(scene.objects)) if self.captions else pixels
+        if not self.captions:
+            return pixels
+        from lit_janus.shapes.world import hard_negative, stable_rng
+
+        rng = stable_rng(self.seed, "hard-negative", index)
+        negatives = [hard_negative(scene.objects, rng) for _ in range(self.hard_negatives)]
+        return (pixels, describe(scene.objects), *negatives)
 
 
 class ShapesImageDataModule(L.LightningDataModule):
@@ -132,7 +142,7 @@ class ShapesImageDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int = 32, image_size: int = 64, kind: str = "mixed", captions: bool = False,
                  train_length: int = 1_000_000, val_length: int = 256, seed: int = 0, num_workers: int = 0,
-                 crop: int | None = None, crop_align: int = 8):
+                 crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0):
         """
         Args:
             batch_size: images per step.
@@ -142,6 +152,8 @@ class ShapesImageDataModule(L.LightningDataModule):
             crop: train on random `crop` x `crop` crops (VQ only: the tokenizer is convolutional);
                 validation always sees whole images. None: whole images.
             crop_align: crop offsets are multiples of this (the VQ's downsampling factor).
+            hard_negatives: with captions, this many extra captions per training image that are
+                wrong in one object's shape or colour (SigLIP only; validation keeps none).
             train_length: images per epoch (the world is infinite; train with max_steps).
             val_length: fixed validation images (another seed: scenes never trained on).
             seed: world seed of the training images (validation uses seed + 1000).
@@ -151,7 +163,7 @@ class ShapesImageDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if captions and crop is not None:
             raise ValueError("crops would cut objects out of their descriptions: use crop only for the VQ")
-        self.train_set = ShapesImages(train_length, seed, image_size, kind, captions, crop, crop_align)
+        self.train_set = ShapesImages(train_length, seed, image_size, kind, captions, crop, crop_align, hard_negatives)
         self.val_set = ShapesImages(val_length, seed + 1000, image_size, kind, captions)
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:

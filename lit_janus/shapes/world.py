@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 from PIL import Image, ImageDraw
@@ -181,6 +181,20 @@ def describe(objects: Sequence[Obj]) -> str:
     """Canonical short description, left to right: 'a red circle, a blue square and a green triangle'."""
     parts = [_a(o.phrase) for o in sorted(objects, key=lambda o: (o.x, o.y))]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def hard_negative(objects: Sequence[Obj], rng: random.Random) -> str:
+    """The description of a minimally different scene - one object's shape or colour changed - for
+    contrastive pretraining: in-batch negatives rarely differ in a single shape, so without these
+    an encoder can match captions by colours and counts alone."""
+    objs = list(objects)
+    i = rng.randrange(len(objs))
+    o = objs[i]
+    if rng.random() < 0.5:
+        objs[i] = replace(o, shape=rng.choice([s for s in SHAPES if s != o.shape]))
+    else:
+        objs[i] = replace(o, color=rng.choice([c for c in COLORS if c != o.color]))
+    return describe(objs)
 
 
 # ----------------------------------------------------------------------------- text-to-image

@@ -159,3 +159,19 @@ def test_the_data_system_prompt_travels_with_every_checkpoint(tmp_path, tiny_hf_
     assert load_pretrained(tmp_path / "hf")[1].system_prompt == ""
     assert AutoProcessor.from_pretrained(str(tmp_path / "hf")).use_default_system_prompt is False
     assert load_pretrained(tiny_hf_dir)[1].system_prompt == tiny_processor.system_prompt  # default kept
+
+
+def test_shared_encoder_freezes_the_unused_siglip_and_aligner(tiny_hf_dir):
+    """With `und_encoder: vq` SigLIP and its aligner never see a gradient; they are frozen rather than
+    left trainable-but-unused (which DDP rejects)."""
+    from dataclasses import replace
+
+    from lit_janus.config import Config
+
+    cfg = replace(Config.from_name("tiny"), und_encoder="vq")
+    module = JanusModule(config=cfg, tokenizer=str(tiny_hf_dir), stage=3)
+    module.configure_model()
+    trainable = {n.split(".")[1] for n, p in module.model.janus.named_parameters() if p.requires_grad}
+    assert "aligner" not in trainable and "vision_model" not in trainable
+    assert {"generation_aligner", "generation_embeddings", "language_model"} <= trainable
+    assert "vision" in JanusModule(config="tiny", tokenizer=str(tiny_hf_dir), stage=3).trainable

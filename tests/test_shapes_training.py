@@ -322,5 +322,7 @@ def test_pipeline_end_to_end(tmp_path):
     assert model.config.n_layer == 1 and model.config.und_encoder == "siglip"
     shared, _ = load_any(result["checkpoints"]["shared_stage1"])  # its own init, same seed, VQ for both tasks
     assert shared.config.und_encoder == "vq" and shared.config.n_layer == 1
+    start, _ = load_any(str(out / "init_shared_encoder"))
+    assert not torch.equal(shared.gen_aligner.fc1.weight, start.gen_aligner.fc1.weight)  # it trained
     assert torch.equal(shared.vq.quant_conv.weight, model.vq.quant_conv.weight)
     assert "| after Stage III |" in (out / "results.md").read_text()

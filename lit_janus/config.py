@@ -55,7 +55,8 @@ class Config:
     und_encoder: str = "siglip"
     """Which encoder feeds understanding: `siglip` (Janus' decoupled encoders) or `vq`, one encoder
     shared by both tasks (Janus Table 5, exp. A): the image's VQ codes enter through the generation
-    adaptor, as generated images do. Stored in config.json as `lit_janus_und_encoder`, which
+    adaptor, as generated images do (JanusModule then freezes the unused SigLIP and aligner). Stored in
+    config.json as `lit_janus_und_encoder`, which
     transformers ignores: only lit_janus runs a `vq` model correctly."""
 
     def __post_init__(self) -> None:

@@ -120,6 +120,8 @@ class JanusModule(L.LightningModule):
         self.compile_layers = compile
         self.attn_implementation = attn_implementation
         self.config, self.processor = _resolve_config_and_processor(config, tokenizer, init_from, max_length)
+        if self.config.und_encoder == "vq":  # SigLIP and its aligner sit unused: no gradients, no DDP hangs
+            self.trainable = [t for t in self.trainable if t not in ("vision", "aligner")]
         self.model: JanusPro | None = None
         self._step_start: float | None = None
 
@@ -168,8 +170,6 @@ class JanusModule(L.LightningModule):
         return model
 
     def _freeze(self, model: JanusPro) -> None:
-        if self.config.und_encoder == "vq":  # SigLIP and its aligner sit unused: no gradients, no DDP hangs
-            self.trainable = [t for t in self.trainable if t not in ("vision", "aligner")]
         prefixes = tuple(p for part in self.trainable for p in PARTS[part])
         for name, p in model.janus.named_parameters():
             p.requires_grad_(name.startswith(prefixes))

@@ -458,11 +458,15 @@ class ShapesWorld:
         name = f"{color} {shape}"
         return {"label": CLASS_NAMES.index(name), "class_name": name, "image": self.render(scene)}
 
-    def qa_sample(self, index: int) -> dict:
-        """``{image, question, answer, qtype}`` on a random 1-4 object scene (all 18 combos may appear)."""
+    def _qa(self, index: int) -> tuple[Scene, str, str, str]:
+        """(scene, question, answer, qtype) of understanding sample ``index``."""
         rng = stable_rng(self.seed, "qa", index)
         scene = random_scene(rng)
-        question, answer, qtype = make_qa(scene, rng)
+        return (scene, *make_qa(scene, rng))
+
+    def qa_sample(self, index: int) -> dict:
+        """``{image, question, answer, qtype}`` on a random 1-4 object scene (all 18 combos may appear)."""
+        scene, question, answer, qtype = self._qa(index)
         return {"image": self.render(scene), "question": question, "answer": answer, "qtype": qtype}
 
     def qa_conversation(self, index: int, turns: int) -> dict:
@@ -470,19 +474,16 @@ class ShapesWorld:
         a multi-turn chat (LLaVA-style records are multi-turn too). One image then supervises several
         answers, which multiplies the understanding signal per image token. The first turn is
         ``qa_sample(index)``'s question, so ``turns=1`` gives the same data."""
-        first = self.qa_sample(index)
+        scene, question, answer, qtype = self._qa(index)
         rng = stable_rng(self.seed, "qa-turns", index)
-        scene = random_scene(stable_rng(self.seed, "qa", index))  # the same draw as qa_sample's scene
-        chat = [{"role": "user", "content": first["question"]}, {"role": "assistant", "content": first["answer"]}]
-        asked = {first["question"]}
-        for qtype in rng.sample([t for t in QA_TYPES if t != first["qtype"]], len(QA_TYPES) - 1):
+        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        for other in rng.sample([t for t in QA_TYPES if t != qtype], len(QA_TYPES) - 1):
             if len(chat) >= 2 * turns:
                 break
-            qa = _QA[qtype](scene, rng)
-            if qa is not None and qa[0] not in asked:
-                asked.add(qa[0])
+            qa = _QA[other](scene, rng)  # None when the scene cannot answer this type unambiguously
+            if qa is not None:
                 chat += [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
-        return {"image": first["image"], "conversations": chat}
+        return {"image": self.render(scene), "conversations": chat}
 
     def text_sample(self, index: int) -> dict:
         return {"text": make_sentence(stable_rng(self.seed, "text", index))}

@@ -232,6 +232,22 @@ def test_pipeline_files_parse():
             assert (base / st.config).is_file(), (name, st.config)
 
 
+def test_smoke_cuts_every_run_and_exports_nothing():
+    """`--smoke`: the GPU presets checked end to end on a laptop (every run, branch and evaluation)."""
+    from lit_janus.shapes.pipeline import PRESETS_DIR, PipelineSpec
+
+    full, _ = PipelineSpec.load(PRESETS_DIR / "full.yaml")
+    smoke = full.smoke(3)
+    runs = [*smoke.stage0, *smoke.stages, *(s for ab in smoke.ablations for s in ab["stages"])]
+    assert len(runs) == len([*full.stage0, *full.stages, *(s for ab in full.ablations for s in ab["stages"])])
+    assert {s.max_steps for s in runs} == {3} and max(s.eval_every for s in runs) == 3
+    assert [s.set for s in smoke.stages] == [s.set for s in full.stages]  # the GPU overrides still apply
+    assert smoke.eval["n_per_category"] == 2 and smoke.eval["n_vqa"] == 4 and smoke.trainer == full.trainer
+    assert full.stages[1].max_steps > 3  # the preset itself is untouched
+    tokenizers, _ = PipelineSpec.load(PRESETS_DIR / "tokenizers.yaml")
+    assert tokenizers.export_stage0 and tokenizers.smoke().export_stage0 is None  # never overwrite real weights
+
+
 def test_stage_configs_parse_with_the_cli(tmp_path):
     """Every ShapesWorld LightningCLI config parses and instantiates (defaults stacking included)."""
     from safetensors.torch import save_file

@@ -34,6 +34,7 @@ import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import dataclasses  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -112,6 +113,22 @@ class PipelineSpec:
         if unknown:
             raise ValueError(f"{p}: unknown pipeline keys {sorted(unknown)}")
         return cls(**data), p.resolve().parent
+
+    def smoke(self, max_steps: int = 2) -> "PipelineSpec":
+        """The same pipeline cut to `max_steps` per run and a handful of evaluation prompts: every
+        config, override, branch and evaluation still runs, so a preset meant for a GPU can be checked
+        end to end on a laptop first. Nothing is exported (stage-0 weights of a smoke run are noise)."""
+
+        def cut(stages: list[StageSpec]) -> list[StageSpec]:
+            return [dataclasses.replace(s, max_steps=min(s.max_steps, max_steps),
+                                        eval_every=min(s.eval_every, max_steps)) for s in stages]
+
+        ev = {**self.eval, "n_per_category": 2, "n_heldout": min(2, self.eval.get("n_heldout", 2)),
+              "n_vqa": min(4, self.eval.get("n_vqa", 4)), "samples_per_category": 2}
+        return dataclasses.replace(
+            self, name=f"{self.name}_smoke", stage0=cut(self.stage0), stages=cut(self.stages),
+            ablations=[{**ab, "stages": cut(ab["stages"])} for ab in self.ablations], eval=ev,
+            export_stage0=None)
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -291,12 +308,18 @@ class Pipeline:
 
         return EvalSpec(**self.spec.eval)
 
+    def eval_device(self) -> torch.device:
+        """CUDA when this pipeline trains on a GPU and one is here, else the CPU."""
+        accelerator = self.accelerator or self.spec.trainer.get("accelerator", "cpu")
+        return torch.device("cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
+
     def evaluate(self, name: str, label: str, model, processor, *, ceilings: bool = False) -> dict:
         from lit_janus.shapes.evaluate_model import evaluate_model, sample_grid, save_grid
 
         spec = self.eval_spec()
         spec.ceilings = ceilings
-        res, art = evaluate_model(model, processor, spec)
+        # Lightning's teardown leaves a trained module on the CPU: sample on the GPU the stage trained on
+        res, art = evaluate_model(model.to(self.eval_device()), processor, spec)
         self.timings[f"eval_{name}"] = res.seconds
         grid = sample_grid(art, spec.samples_per_category)
         if grid is not None:
@@ -495,11 +518,24 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--preset", help="a pipeline file in configs/shapes by name: demo, full, full_cpu, tokenizers, encoder, micro")
     p.add_argument("--out", default=None, help="output directory (default: runs/shapes_<name>)")
     p.add_argument("--accelerator", default=None, help="override the trainer accelerator of every run (cpu/gpu)")
+    p.add_argument("--precision", default=None, help="override the trainer precision of every run (32-true, bf16-mixed)")
+    p.add_argument("--smoke", type=int, nargs="?", const=2, default=None, metavar="STEPS",
+                   help="check the whole pipeline at STEPS (default 2) steps per run and a few evaluation prompts: "
+                        "e.g. `--preset full --smoke --accelerator cpu --precision 32-true` before a GPU run")
+    p.add_argument("--no-ablations", action="store_true", help="run the main line only (skip the file's ablations)")
     a = p.parse_args(argv)
     path = a.config or PRESETS_DIR / f"{a.preset or 'demo'}.yaml"
     if not Path(path).is_file():
         raise SystemExit(f"pipeline file not found: {path}")
     spec, base = PipelineSpec.load(path)
+    if a.smoke is not None:
+        if a.smoke < 1:
+            raise SystemExit(f"--smoke takes a positive number of steps, got {a.smoke}")
+        spec = spec.smoke(a.smoke)
+    if a.no_ablations:
+        spec.ablations = []
+    if a.precision:
+        spec.trainer = {**spec.trainer, "precision": a.precision}
     out = a.out or f"runs/shapes_{spec.name}"
     pipe = Pipeline(spec, base, out, accelerator=a.accelerator)
     pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({_hardware()})")

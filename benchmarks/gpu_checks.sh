@@ -1,13 +1,49 @@
 #!/usr/bin/env bash
-# The device checks of issue 7, as one script (about 6-8 minutes on one H100):
-#   1. training-step throughput: plain transformers step vs our LightningModule, Stage II and Stage I;
-#   2. Janus-Pro-7B Stage II per-rank memory: rank 0 of a fake 8-rank FSDP2 job on this one GPU.
-# Usage: bash benchmarks/gpu_checks.sh [extra train_step.py flags]; results also go to $OUT if set.
-set -u
+# The GPU checks of issues 4, 5 and 7, one group per device call (each sized to well under 10 min).
+#   bash benchmarks/gpu_checks.sh sampling   # issue 4: generate.py fp32 exactness + bf16 speed, understand.py (~3 min)
+#   bash benchmarks/gpu_checks.sh training   # issue 7: train_step.py (plain vs ours, stages 2 and 1),
+#                                            #          then memory.py --measure (7B per-rank shard) (~8 min)
+#   bash benchmarks/gpu_checks.sh flex       # issue 7: ours with flex attention for the LLM (~4 min)
+#   bash benchmarks/gpu_checks.sh shapes     # issue 5: the ShapesWorld main line, --preset full --no-ablations
+# Several groups run in order: `bash benchmarks/gpu_checks.sh sampling flex`. Output also goes to $OUT
+# (or /tmp) as <group>*.txt, line by line, so a run cut off by a time limit still returns what finished.
+# Packages the device image lacks (jsonargparse, for the CLI) travel as wheels in .whl/: run
+# `bash benchmarks/device_wheels.sh` here once and name `.whl` in the device call's carry.
+set -u -o pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 out="${OUT:-/tmp}"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch, transformers, lightning; print('torch', torch.__version__, '| transformers', transformers.__version__, '| lightning', lightning.__version__)"
-timeout 330 python benchmarks/train_step.py "$@" 2>&1 | grep -v -i warn | tee "$out/train_step.txt"
-timeout 200 python benchmarks/memory.py --measure --rows 4 2>&1 | grep -v -i warn | tee "$out/memory.txt"
+"$PY" -c "import torch, transformers, lightning; print('torch', torch.__version__, '| transformers', transformers.__version__, '| lightning', lightning.__version__)"
+
+run() {  # run NAME SECONDS ARGS...: one python command, its output to the console and $out/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $PY $*"
+    timeout "$limit" "$PY" "$@" 2>&1 | grep -v -i -E "warn|^\s*$" | tee "$out/$name.txt"
+    echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+for group in "${@:-sampling}"; do
+    case $group in
+        sampling)
+            # fp32 first: different kernels rarely meet a near-tie there, so tokens should agree throughout
+            run sampling_check 150 benchmarks/generate.py --dtype float32 --images 4 --check 4 --repeats 1
+            run sampling_generate 200 benchmarks/generate.py --check 2
+            run sampling_understand 120 benchmarks/understand.py ;;
+        training)
+            run training_step 330 benchmarks/train_step.py
+            run training_memory 200 benchmarks/memory.py --measure --rows 4 ;;
+        flex)
+            run flex_step 280 benchmarks/train_step.py --attn flex_attention --no-plain --stages 2 ;;
+        shapes)
+            run shapes_full 560 -m lit_janus.shapes.pipeline --preset full --no-ablations --out "$out/shapes_full" ;;
+        *)
+            echo "unknown group $group (sampling, training, flex, shapes)"; exit 2 ;;
+    esac
+done

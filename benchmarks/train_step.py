@@ -4,7 +4,7 @@
     python benchmarks/train_step.py --tiny           # CPU check that everything runs (auto without a GPU)
     python benchmarks/train_step.py --attn flex_attention --ac-layers 6 --no-compile   # the levers
     python benchmarks/train_step.py --ce unchunked --no-plain --stages 2              # A/B the chunked CE
-    bash benchmarks/gpu_checks.sh                    # the device checks of issue 7 in one go
+    bash benchmarks/gpu_checks.sh training           # the device checks of issue 7 in one go
 
 The batch is a Janus-Pro Stage II mix, understanding : text : text-to-image = 2 : 3 : 5 samples,
 built with the real processor (chat format, image placeholders, 576 codes per image) from a
@@ -329,13 +329,21 @@ def enable_activation_checkpointing(janus) -> None:
 
 
 def _guarded(name: str, tokens: int, flops: float, device, fn) -> Result:
-    """Run one variant; an out-of-memory error becomes a table row instead of ending the run."""
+    """Run one variant; an error (out of memory, a compile failure) becomes a table row instead of
+    ending the run and losing the variants already measured. The row is printed at once, so a run
+    cut off by a timeout still reports what finished."""
     try:
-        return fn()
+        r = fn()
     except torch.OutOfMemoryError:
-        pass
+        failed = "out of memory (try fewer --rows or --ac-layers N)"
+    except Exception as e:  # noqa: BLE001 - reported in the table, with its type
+        failed = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    else:
+        print(f"  done: {r.name}: {1e3 * r.step_s:.1f} ms/step, {r.tokens_per_s:.0f} tokens/s", flush=True)
+        return r
     _free(device)  # outside the except block: the traceback no longer holds the model
-    return Result(name, tokens, flops, failed="out of memory (try fewer --rows or --ac-layers N)")
+    print(f"  {name}: {failed}", flush=True)
+    return Result(name, tokens, flops, failed=failed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,15 +13,19 @@ one H100: <= 0.4 s.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 
 import torch
 import transformers
 
-from clock import sync, timed  # benchmarks/clock.py (scripts run with benchmarks/ on sys.path)
-from lit_janus.config import Config
-from lit_janus.generate import StaticDecoder
-from lit_janus.model import JanusPro
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, if not installed
+from clock import sync, timed  # noqa: E402  benchmarks/clock.py (scripts run with benchmarks/ on sys.path)
+from lit_janus.checkpoint import init_nonpersistent_buffers  # noqa: E402
+from lit_janus.config import Config  # noqa: E402
+from lit_janus.generate import StaticDecoder  # noqa: E402
+from lit_janus.model import JanusPro  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -43,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     with torch.device(device):
         model = JanusPro(config).to(dtype).eval().requires_grad_(False)
+    init_nonpersistent_buffers(model, device)  # RoPE frequencies back to float32 after .to(dtype)
     hf = model.janus
     transformers.logging.set_verbosity_error()  # it warns about its own defaults on every call
     # everything through the config object (kwargs on top of it make transformers warn per call)

@@ -287,7 +287,11 @@ def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = Non
     from lit_janus.model import JanusPro
 
     if state_dict is None:
-        return JanusPro(config, attn_implementation).to(device=device, dtype=dtype)
+        model = JanusPro(config, attn_implementation).to(device=device, dtype=dtype)
+        # `.to(dtype)` also casts the RoPE frequencies; in bf16, position x frequency is off by up
+        # to ~1 rad at position ~600: keep them float32, as transformers' from_pretrained does
+        init_nonpersistent_buffers(model, device)
+        return model
     with torch.device("meta"):
         model = JanusPro(config, attn_implementation)
     expected = model.janus.state_dict()

@@ -110,7 +110,9 @@ def sample(
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
+    # times the reciprocal, not divided: inductor rewrites x / c that way, so the compiled decode steps
+    # and the eager first step round alike
+    logits = filter_logits(logits * (1.0 / temperature), top_k, top_p)
     if keys is None:
         noise = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-10, 1 - 1e-7)))
     else:
@@ -203,7 +205,8 @@ def _layer_weights(layer) -> tuple:
 def forward_cached(model, x: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
                    cache: KVCache, length: int, kernels: Kernels = EAGER) -> torch.Tensor:
     """The LLM over embeddings x [R, T, D] at rotary positions pos [R, T]; writes K/V into cache
-    `slots` [T] and attends to cache[:length] where mask [R, 1, T, length] is True.
+    `slots` [T] and attends to cache[:length] where mask [R, 1, T, length] allows (True, or an
+    additive 0 rather than -inf).
     Returns the final-norm hidden states [R, T, D]."""
     llm = model.llm
     cfg = llm.config
@@ -242,7 +245,9 @@ def decode_one_token(model, x: torch.Tensor, slot: torch.Tensor, pad: torch.Tens
     """One position per row: x [R, D] sits in cache `slot` (a 0-dim device tensor, so a CUDA graph
     can replay this for any step), at rotary position slot - pad[r]. Returns hidden [R, D]."""
     ar = torch.arange(length, device=x.device)
-    mask = (ar[None, :] >= pad[:, None]) & (ar[None, :] <= slot)
+    visible = (ar[None, :] >= pad[:, None]) & (ar[None, :] <= slot)
+    # additive, built once per step: a boolean mask is converted inside SDPA, once per layer
+    mask = torch.zeros(visible.shape, dtype=cache.k.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
     pos = (slot - pad)[:, None]
     return forward_cached(model, x[:, None], pos, slot.view(1), mask[:, None, None], cache, length, kernels)[:, 0]
 

@@ -17,12 +17,36 @@ from lit_janus.losses import linear_cross_entropy
 from lit_janus.vq import vq_decode, vq_encode
 
 
+def _flex_attention_in_autocast_dtype(module, query, key, value, *args, **kwargs):
+    """transformers' flex attention with q, k, v cast to autocast's dtype. Under bf16-mixed the
+    rotary embedding hands back float32 q and k (cos/sin take the float32 residual stream's dtype)
+    beside a bf16 v; sdpa is on autocast's cast list and runs bf16 anyway, flex is not (in some torch
+    versions): it would refuse the mix or run float32 kernels, reported ~12x slower in backward."""
+    from transformers.integrations import flex_attention
+
+    device = query.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    return flex_attention.flex_attention_forward(module, query, key, value, *args, **kwargs)
+
+
+def use_autocast_flex_attention() -> None:
+    """Make transformers' `flex_attention` implementation honour autocast (process-wide; a no-op
+    outside autocast). Registered under the same name, so transformers' flex masks still apply."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("flex_attention", _flex_attention_in_autocast_dtype)
+
+
 class JanusPro(nn.Module):
     def __init__(self, config: Config, attn_implementation: str = "sdpa", janus=None):
         super().__init__()
         from transformers import JanusForConditionalGeneration
 
         self.config = config
+        if attn_implementation == "flex_attention":
+            use_autocast_flex_attention()
         if janus is None:
             hf = config.to_hf()
             # flex attention matters only in the LLM (packed documents: a block-sparse mask instead of

@@ -143,3 +143,13 @@ def test_save_is_atomic(tmp_path, tiny_model, tiny_processor, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         save_transformers(tiny_model, tiny_processor, dst)
     assert sorted(p.name for p in dst.iterdir()) == before  # the previous export is intact
+
+
+def test_low_precision_models_keep_float32_rope(tiny_config, tiny_hf_dir):
+    """A bf16 model computes RoPE angles from float32 frequencies (bf16 ones are off by ~0.4%: about
+    a radian at position 600), whether built at random or loaded, as transformers' from_pretrained."""
+    from lit_janus.checkpoint import build_model
+
+    for model in (build_model(tiny_config, dtype=torch.bfloat16), load_any(tiny_hf_dir, dtype=torch.bfloat16)[0]):
+        assert model.llm.embed_tokens.weight.dtype == torch.bfloat16
+        assert model.llm.rotary_emb.inv_freq.dtype == torch.float32

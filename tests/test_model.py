@@ -200,3 +200,32 @@ def test_flex_attention_gives_the_sdpa_losses_on_packed_rows(tiny_model, tiny_pr
     alone = flex(collate([samples[1]], p.pad_id))
     torch.testing.assert_close(alone["text_loss"], tiny_model(collate([samples[1]], p.pad_id))["text_loss"],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_flex_attention_runs_in_the_autocast_dtype(tiny_model, tiny_processor, monkeypatch):
+    """Under bf16 autocast the rotary embedding returns float32 q/k beside a bf16 v; flex attention
+    (not on autocast's list) must still get one low-precision dtype, as sdpa does through autocast."""
+    from transformers.integrations import flex_attention
+
+    from lit_janus.model import JanusPro
+
+    seen, original = [], flex_attention.flex_attention_forward
+
+    def spy(module, query, key, value, *args, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype))
+        return original(module, query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(flex_attention, "flex_attention_forward", spy)
+    p = tiny_processor
+    batch = collate([p.text_sample("the triangle is left of the circle."), p.text_sample("yes")], p.pad_id,
+                    pack_length=64)
+    flex = JanusPro(tiny_model.config, "flex_attention")
+    flex.janus.load_state_dict(tiny_model.janus.state_dict())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # no flex backward on the CPU
+        out = flex(batch)
+    assert seen and set(seen) == {(torch.bfloat16,) * 3}, seen
+    assert torch.isfinite(out["text_loss"])
+    seen.clear()
+    with torch.no_grad():
+        flex(batch)  # no autocast: float32 throughout, untouched
+    assert set(seen) == {(torch.float32,) * 3}

@@ -163,7 +163,9 @@ class JanusModule(L.LightningModule):
         from lit_janus.checkpoint import build_model, load_any
 
         if not self.init_from:
-            return build_model(config, attn_implementation=self.attn_implementation)
+            # built where Lightning's init context points (the GPU): not on it, copied off, copied back
+            return build_model(config, attn_implementation=self.attn_implementation,
+                               device=torch.get_default_device())
         model, _ = load_any(self.init_from, attn_implementation=self.attn_implementation)
         if model.config.asdict() | {"name": ""} != config.asdict() | {"name": ""}:
             raise ValueError(f"init_from {self.init_from} has shapes {model.config} but this run expects {config}")

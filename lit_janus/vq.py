@@ -13,11 +13,14 @@ import torch.nn.functional as F
 
 
 def l2_nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codebook row after L2-normalising both sides. z: [N, d], codebook: [K, d]."""
-    z = F.normalize(z.float(), dim=-1)
-    e = F.normalize(codebook.float(), dim=-1)
-    # same expansion as DeepSeek's quantizer: |z|^2 + |e|^2 - 2 z.e
-    d = z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z @ e.t()
+    """Index of the nearest codebook row after L2-normalising both sides. z: [N, d], codebook: [K, d].
+    Always in float32, autocast or not: bf16 distances (~0.01 apart near 2) pick other codes for
+    borderline patches, so bf16-mixed training would learn other targets than evaluation scores."""
+    with torch.autocast(z.device.type, enabled=False):
+        z = F.normalize(z.float(), dim=-1)
+        e = F.normalize(codebook.float(), dim=-1)
+        # same expansion as DeepSeek's quantizer: |z|^2 + |e|^2 - 2 z.e
+        d = z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z @ e.t()
     return d.argmin(dim=1)
 
 

@@ -129,6 +129,18 @@ def test_l2_lookup_differs_from_plain_nearest_neighbour():
     assert int(plain) == 1 and int(l2_nearest_code(z, codebook)) == 0
 
 
+def test_l2_lookup_is_float32_under_autocast():
+    """bf16-mixed training tokenises its targets under autocast: the codes must be the float32 ones."""
+    g = torch.Generator().manual_seed(0)
+    z, codebook = torch.randn(4096, 8, generator=g), torch.randn(1024, 8, generator=g)
+    exact = l2_nearest_code(z, codebook)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(l2_nearest_code(z, codebook), exact)
+        zn, en = torch.nn.functional.normalize(z, dim=-1), torch.nn.functional.normalize(codebook, dim=-1)
+        in_bf16 = (-2 * zn @ en.t()).argmin(1)  # what an autocast matmul would have picked
+    assert (in_bf16 != exact).any()  # this test can tell the two apart
+
+
 @torch.no_grad()
 def test_vq_encode_uses_cosine_lookup_and_decodes(tiny_model):
     vq = tiny_model.vq

@@ -74,6 +74,7 @@ class JanusModule(L.LightningModule):
         stage: int = 1,
         trainable: list[str] | None = None,
         loss_weights: LossWeights | None = None,
+        lr_scale: dict[str, float] | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
         max_length: int = 4096,
@@ -93,6 +94,9 @@ class JanusModule(L.LightningModule):
             trainable: explicit list of parts to train instead of the stage's (from vision, aligner, vq,
                 gen_embed, gen_aligner, gen_head, llm).
             loss_weights: weights of the understanding, text and generation losses.
+            lr_scale: LR multipliers per part, e.g. `{vision: 0.1}`: that part trains at 0.1x the
+                optimizer's LR (its own parameter group; the scheduler scales it alike). Parts that do
+                not train in this stage are ignored, so one setting can serve every stage.
             optimizer: optimizer factory (called with the trainable parameters after sharding).
             scheduler: LR scheduler factory, stepped every optimizer step (e.g. WarmupConstantLR).
             max_length: context length; longer samples are rejected by the processor, never truncated.
@@ -112,6 +116,10 @@ class JanusModule(L.LightningModule):
         unknown = sorted(set(self.trainable) - set(PARTS))
         if unknown:
             raise ValueError(f"unknown trainable part(s) {unknown}; choose from {sorted(PARTS)}")
+        self.lr_scale = dict(lr_scale or {})
+        bad = {k: v for k, v in self.lr_scale.items() if k not in PARTS or not v > 0}
+        if bad:
+            raise ValueError(f"lr_scale {bad}: keys must be parts ({sorted(PARTS)}) and values > 0")
         self.init_from = init_from
         self.loss_weights = loss_weights or LossWeights()
         self.optimizer_factory = optimizer
@@ -216,10 +224,19 @@ class JanusModule(L.LightningModule):
 
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for name, p in self.model.janus.named_parameters():
+            if p.requires_grad:
+                part = next((k for k, prefixes in PARTS.items() if name.startswith(prefixes)), None)
+                groups.setdefault(self.lr_scale.get(part, 1.0), []).append(p)
+        if not groups:
             raise ValueError(f"nothing to train: trainable parts {self.trainable} have no parameters")
-        opt = self.optimizer_factory(params)
+        if list(groups) == [1.0]:
+            opt = self.optimizer_factory(groups[1.0])
+        else:
+            opt = self.optimizer_factory([{"params": ps, "lr_scale": k} for k, ps in groups.items()])
+            for g in opt.param_groups:  # before the scheduler reads its base LRs
+                g["lr"] *= g["lr_scale"]
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}

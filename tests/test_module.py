@@ -52,6 +52,30 @@ def test_unknown_part_and_stage():
         JanusModule(config="tiny", tokenizer="x", trainable=["llm", "decoder"])
 
 
+def test_lr_scale_gives_a_part_its_own_learning_rate(tiny_hf_dir):
+    from functools import partial
+
+    module = JanusModule(init_from=str(tiny_hf_dir), stage=3, lr_scale={"vision": 0.1, "vq": 0.5},  # vq: frozen
+                         optimizer=partial(torch.optim.AdamW, lr=1e-3), scheduler=partial(WarmupConstantLR, warmup_steps=2))
+    module.configure_model()
+    cfg = module.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    by_lr = {g["lr_scale"]: g for g in opt.param_groups}
+    assert set(by_lr) == {1.0, 0.1}
+    vision = {id(p) for p in module.model.vision.parameters()}
+    assert {id(p) for p in by_lr[0.1]["params"]} == vision
+    assert not vision & {id(p) for p in by_lr[1.0]["params"]}
+    assert sched.base_lrs == [pytest.approx(g["lr_scale"] * 1e-3) for g in opt.param_groups]
+    assert by_lr[0.1]["lr"] == pytest.approx(0.5 * 1e-4)  # warm-up step 1 of 2, scaled alike
+    plain = _module(tiny_hf_dir, stage=3)
+    plain.configure_model()
+    assert len(plain.configure_optimizers().param_groups) == 1  # no lr_scale: one group, as before
+    with pytest.raises(ValueError, match="lr_scale"):
+        JanusModule(config="tiny", tokenizer="x", lr_scale={"siglip": 0.1})
+    with pytest.raises(ValueError, match="lr_scale"):
+        JanusModule(config="tiny", tokenizer="x", lr_scale={"vision": 0})
+
+
 def test_warmup_then_constant():
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = WarmupConstantLR(opt, warmup_steps=4)

@@ -21,11 +21,13 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch, transformers, lightning; print('torch', torch.__version__, '| transformers', transformers.__version__, '| lightning', lightning.__version__)"
 
-run() {  # run NAME SECONDS ARGS...: one python command, its output to the console and $out/NAME.txt
+run() {  # run NAME SECONDS ARGS...: one python command; all of its output to $out/NAME.txt, and to the
+    # console without warnings (but with any line that says failed/error: a CUDA-graph fallback warns)
     local name=$1 limit=$2
     shift 2
     echo "== $name: $PY $*"
-    timeout "$limit" "$PY" "$@" 2>&1 | grep -v -i -E "warn|^\s*$" | tee "$out/$name.txt"
+    timeout "$limit" "$PY" "$@" 2>&1 | tee "$out/$name.txt" \
+        | awk '{l = tolower($0)} l ~ /fail|error|traceback/ || (l !~ /warn/ && l !~ /^[[:space:]]*$/) {print; fflush()}'
     echo "== $name: exit ${PIPESTATUS[0]}"
 }
 

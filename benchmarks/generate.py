@@ -19,10 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, if not installed
 from clock import sync, timed  # noqa: E402  benchmarks/clock.py (scripts run with benchmarks/ on sys.path)
-from lit_janus.checkpoint import init_nonpersistent_buffers  # noqa: E402
+from lit_janus.checkpoint import build_model  # noqa: E402
 from lit_janus.config import Config  # noqa: E402
 from lit_janus.generate import StaticDecoder, decode_images, generate_official, generate_reference, seed_key  # noqa: E402
-from lit_janus.model import JanusPro  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -47,9 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     config = Config.from_name("tiny" if tiny else "janus-pro-1b")
     torch.manual_seed(0)
-    with torch.device(device):
-        model = JanusPro(config).to(dtype).eval().requires_grad_(False)
-    init_nonpersistent_buffers(model, device)  # RoPE frequencies back to float32 after .to(dtype)
+    with torch.device(device):  # initialised on the device; build_model keeps RoPE frequencies float32
+        model = build_model(config, dtype=dtype, device=device).eval().requires_grad_(False)
     # synthetic prompt: ids are arbitrary (random weights); what matters is the length
     bos, pad_id, boi = 1, 2, 3
     g = torch.Generator().manual_seed(0)

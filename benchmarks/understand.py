@@ -22,10 +22,9 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, if not installed
 from clock import sync, timed  # noqa: E402  benchmarks/clock.py (scripts run with benchmarks/ on sys.path)
-from lit_janus.checkpoint import init_nonpersistent_buffers  # noqa: E402
+from lit_janus.checkpoint import build_model  # noqa: E402
 from lit_janus.config import Config  # noqa: E402
 from lit_janus.generate import StaticDecoder  # noqa: E402
-from lit_janus.model import JanusPro  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -45,9 +44,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     image_token = 5  # any id inside the vocabulary: random weights
     config = Config.from_name("tiny" if tiny else "janus-pro-1b", image_token_id=image_token)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = JanusPro(config).to(dtype).eval().requires_grad_(False)
-    init_nonpersistent_buffers(model, device)  # RoPE frequencies back to float32 after .to(dtype)
+    with torch.device(device):  # initialised on the device; build_model keeps RoPE frequencies float32
+        model = build_model(config, dtype=dtype, device=device).eval().requires_grad_(False)
     hf = model.janus
     transformers.logging.set_verbosity_error()  # it warns about its own defaults on every call
     # everything through the config object (kwargs on top of it make transformers warn per call)

@@ -143,11 +143,9 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
 # running one stage through the project CLI
 # ---------------------------------------------------------------------------------------------
 class Pipeline:
-    def __init__(self, spec: PipelineSpec, base_dir: Path, out: str | Path, *, accelerator: str | None = None,
-                 log=print):
+    def __init__(self, spec: PipelineSpec, base_dir: Path, out: str | Path, *, log=print):
         self.spec, self.base_dir, self.out = spec, base_dir, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.accelerator = accelerator
         self.log = log
         self.checkpoints: dict[str, str] = {}
         self.rows: list[dict[str, Any]] = []
@@ -198,8 +196,6 @@ class Pipeline:
         _set_dotted(overlay, "trainer.enable_model_summary", False)
         for k, v in self.spec.trainer.items():
             _set_dotted(overlay, f"trainer.{k}", v)
-        if self.accelerator:
-            _set_dotted(overlay, "trainer.accelerator", self.accelerator)
         cfg = self.model_config()
         if stage0:  # the stage-0 modules build the visual parts at the assembled model's sizes
             _set_dotted(overlay, "model.init_args.overrides", dict(self.spec.model))
@@ -310,7 +306,7 @@ class Pipeline:
 
     def eval_device(self) -> torch.device:
         """CUDA when this pipeline trains on a GPU and one is here, else the CPU."""
-        accelerator = self.accelerator or self.spec.trainer.get("accelerator", "cpu")
+        accelerator = self.spec.trainer.get("accelerator", "cpu")
         return torch.device("cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
 
     def evaluate(self, name: str, label: str, model, processor, *, ceilings: bool = False) -> dict:
@@ -534,10 +530,11 @@ def main(argv: list[str] | None = None) -> dict:
         spec = spec.smoke(a.smoke)
     if a.no_ablations:
         spec.ablations = []
-    if a.precision:
-        spec.trainer = {**spec.trainer, "precision": a.precision}
+    for key in ("accelerator", "precision"):  # command-line trainer overrides join the file's `trainer:`
+        if getattr(a, key):
+            spec.trainer = {**spec.trainer, key: getattr(a, key)}
     out = a.out or f"runs/shapes_{spec.name}"
-    pipe = Pipeline(spec, base, out, accelerator=a.accelerator)
+    pipe = Pipeline(spec, base, out)
     pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({_hardware()})")
     result = pipe.run()
     print((Path(out) / "results.md").read_text())

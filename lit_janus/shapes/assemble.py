@@ -30,6 +30,8 @@ def load_part(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
     """Weights of one stage-0 part: `prefix` is `vq.` or `vision.` (the attribute names in
     VQModule / SigLIPModule). `.safetensors` files hold them already stripped."""
     p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file (expected {prefix[:-1]}.safetensors or a stage-0 Lightning .ckpt)")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 

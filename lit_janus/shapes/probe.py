@@ -1,22 +1,26 @@
-"""Linear probes of the understanding encoder: what its patch features still say, object by object.
+"""Linear probes of the understanding features: what each object's patch still says about it.
 
 Janus feeds the LLM SigLIP's last-layer patch features through an MLP aligner, and the LLM's RoPE
-only rotates queries and keys: a patch's *value* tells the LLM where that patch is only if the
-encoder kept it there. A left/right question is unanswerable from features that forgot it.
+only rotates queries and keys: an image token's *value* says where its patch is only if the
+encoder and the aligner kept that. Without it, a left/right question has to be answered from
+attention patterns alone.
 
 For each object of held-out ShapesWorld scenes, this takes the feature of the patch under the
 object's centre and fits a linear classifier (logistic regression, fit on 80% of the objects,
-scored on the rest) for the patch's column and row, the object's colour and its shape.
-Chance / majority-class rates are printed beside each score.
+scored on the rest) for the patch's column and row, the object's colour and its shape; the
+majority-class rate is printed beside each score. A full model checkpoint (after Stage I, II, ...)
+gets two columns: the encoder's output and what the LLM receives, the aligner's output.
 
     python -m lit_janus.shapes.probe checkpoints/shapes/stage0/vision.safetensors
     python -m lit_janus.shapes.probe random   # the same encoder at its random initialisation
+    python -m lit_janus.shapes.probe runs/shapes/stage2/checkpoints/last.ckpt   # encoder + aligner
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +30,9 @@ from lit_janus.config import Config
 PROBES = ("column", "row", "color", "shape")
 
 
-def object_features(vision, processor, n_scenes: int, seed: int, grid: int) -> tuple[torch.Tensor, dict]:
-    """[objects, width] features of each object's centre patch, and its labels per probe."""
+def object_features(features, processor, n_scenes: int, seed: int, grid: int) -> tuple[torch.Tensor, dict]:
+    """[objects, width] features (`features`: pixels -> [B, patches, width]) of each object's centre
+    patch, and its labels per probe."""
     from lit_janus.shapes.world import COLORS, SHAPES, ShapesWorld, random_scene
 
     world, rng = ShapesWorld(seed=seed, image_size=processor.image.image_size), random.Random(seed)
@@ -37,7 +42,7 @@ def object_features(vision, processor, n_scenes: int, seed: int, grid: int) -> t
         scenes = [random_scene(rng) for _ in range(min(64, n_scenes - start))]
         pixels = torch.stack([processor.understanding_pixels(world.render(s)) for s in scenes])
         with torch.no_grad():
-            hidden = vision(pixels).last_hidden_state  # [B, grid*grid, width]
+            hidden = features(pixels)  # [B, grid*grid, width]
         for b, scene in enumerate(scenes):
             for o in scene.objects:
                 row, col = min(int(o.y * grid), grid - 1), min(int(o.x * grid), grid - 1)
@@ -64,38 +69,69 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 300, train_fract
         return ((x[n:] @ w + b).argmax(1) == y[n:]).float().mean().item()
 
 
-def probe(vision_weights: str, config: str | Config = "shapes", n_scenes: int = 1500, seed: int = 70001) -> dict:
-    """{probe: {accuracy, majority}} for the encoder in `vision_weights` (vision.safetensors, a stage-0b
-    Lightning checkpoint, or `random` for the seeded random initialisation)."""
+def _is_stage0(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    if path.is_file() and path.suffix == ".ckpt":
+        return "lit_janus_stage0" in torch.load(path, map_location="cpu", weights_only=True)
+    return False
+
+
+def feature_sources(weights: str, config: str | Config = "shapes") -> tuple[dict, object, Config]:
+    """({name: pixels -> [B, patches, width]}, processor, config) for `weights`: `random`, a stage-0b
+    encoder (vision.safetensors or its Lightning checkpoint), or a full model checkpoint (any layout
+    `load_any` reads), whose encoder and aligner outputs are both probed."""
     from transformers import JanusVisionModel
 
-    from lit_janus.checkpoint import processor_for
+    from lit_janus.checkpoint import load_any, processor_for
     from lit_janus.shapes.assemble import load_part
 
-    cfg = Config.from_name(config) if isinstance(config, str) else config
-    torch.manual_seed(0)
-    vision = JanusVisionModel(cfg.to_hf().vision_config)
-    if vision_weights != "random":
-        vision.load_state_dict(load_part(vision_weights, "vision."), strict=True)
-    vision.eval()
+    path = Path(weights)
+    if weights == "random" or _is_stage0(path):
+        cfg = Config.from_name(config) if isinstance(config, str) else config
+        torch.manual_seed(0)
+        vision = JanusVisionModel(cfg.to_hf().vision_config)
+        if weights != "random":
+            vision.load_state_dict(load_part(path, "vision."), strict=True)
+        vision.eval()
+        return {"encoder": lambda px: vision(px).last_hidden_state}, processor_for("shapes", cfg), cfg
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    model, processor = load_any(path)
+    model.eval()
+    if model.config.und_encoder != "siglip":
+        raise ValueError(f"{path}: probes need the SigLIP understanding encoder, not {model.config.und_encoder!r}")
+    sources = {"encoder": lambda px: model.vision(px).last_hidden_state, "aligned": model.image_features}
+    return sources, processor, model.config
+
+
+def probe(weights: str, config: str | Config = "shapes", n_scenes: int = 1500, seed: int = 70001) -> dict:
+    """{source: {probe: {accuracy, majority}}} for the features in `weights` (see `feature_sources`)."""
+    sources, processor, cfg = feature_sources(weights, config)
     grid = cfg.image_size // cfg.patch_size
-    x, labels = object_features(vision, processor_for("shapes", cfg), n_scenes, seed, grid)
-    n = int(len(x) * 0.8)
-    return {k: {"accuracy": linear_probe(x, y), "majority": torch.bincount(y[n:]).max().item() / (len(y) - n)}
-            for k, y in labels.items()}
+    out = {}
+    for name, fn in sources.items():
+        x, labels = object_features(fn, processor, n_scenes, seed, grid)
+        n = int(len(x) * 0.8)
+        out[name] = {k: {"accuracy": linear_probe(x, y), "majority": torch.bincount(y[n:]).max().item() / (len(y) - n)}
+                     for k, y in labels.items()}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m lit_janus.shapes.probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("vision", help="vision.safetensors, a stage-0b .ckpt, or `random`")
-    p.add_argument("--config", default="shapes", help="model preset of the encoder (default: shapes)")
+    p.add_argument("weights", help="vision.safetensors, a stage-0b .ckpt, `random`, or a full model checkpoint")
+    p.add_argument("--config", default="shapes", help="model preset of a bare encoder (default: shapes)")
     p.add_argument("--scenes", type=int, default=1500, help="held-out scenes (1-4 objects each)")
     p.add_argument("--seed", type=int, default=70001, help="world seed of the probe scenes")
     a = p.parse_args(argv)
-    result = probe(a.vision, a.config, a.scenes, a.seed)
-    print("| probe (object-centre patch) | accuracy | majority class |\n|---|---|---|")
-    for k, r in result.items():
-        print(f"| {k} | {r['accuracy']:.3f} | {r['majority']:.3f} |")
+    result = probe(a.weights, a.config, a.scenes, a.seed)
+    names = list(result)
+    print("| probe (object-centre patch) | " + " | ".join(names) + " | majority class |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for k in PROBES:
+        print(f"| {k} | " + " | ".join(f"{result[n][k]['accuracy']:.3f}" for n in names)
+              + f" | {result[names[0]][k]['majority']:.3f} |")
     return result
 
 

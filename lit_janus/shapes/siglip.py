@@ -85,22 +85,6 @@ class TextTower(nn.Module):
         return self.head((x * keep).sum(1) / keep.sum(1).clamp_min(1))
 
 
-class AttentionPool(nn.Module):
-    """SigLIP's MAP head (multihead attention pooling): one learned query attends over the patches,
-    then a residual MLP. Only the pooled vector has to summarise the scene, so the patches need not."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.norm = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.attn(self.query.expand(len(x), -1, -1), x, x, need_weights=False)[0]
-        return (h + self.mlp(self.norm(h)))[:, 0]
-
-
 def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, t_prime: torch.Tensor, bias: torch.Tensor,
                  positives: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SigLIP's pairwise sigmoid loss on L2-normalised embeddings, images [n, d] against texts [m, d];
@@ -130,7 +114,6 @@ class SigLIPModule(L.LightningModule):
         t_prime_init: float = math.log(10.0),
         bias_init: float = -10.0,
         final_lr_fraction: float = 0.1,
-        pool: str = "mean",
     ):
         """
         Args:
@@ -147,8 +130,6 @@ class SigLIPModule(L.LightningModule):
             t_prime_init: initial log-temperature t' (SigLIP: log 10).
             bias_init: initial bias b (SigLIP: -10).
             final_lr_fraction: cosine-decay the LR after warm-up to this fraction of `lr` at max_steps (1: constant).
-            pool: how the image embedding summarises the patches: `mean` (average) or `map` (SigLIP's
-                attention-pooling head). Both heads are dropped after this stage.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["config"])
@@ -158,9 +139,6 @@ class SigLIPModule(L.LightningModule):
 
         self.vision = JanusVisionModel(self.config.to_hf().vision_config)
         self.vision.train()
-        if pool not in ("mean", "map"):
-            raise ValueError(f"pool must be 'mean' or 'map', not {pool!r}")
-        self.pool = AttentionPool(self.config.vision_width, self.config.vision_heads) if pool == "map" else None
         self.image_head = nn.Linear(self.config.vision_width, embed_dim)
         self.tokenizer = WordTokenizer()
         self.text = TextTower(len(self.tokenizer), text_width, text_layers, text_heads, embed_dim=embed_dim)
@@ -172,8 +150,7 @@ class SigLIPModule(L.LightningModule):
         return self.vision(pixels).last_hidden_state
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.image_features(pixels)
-        return self.image_head(x.mean(1) if self.pool is None else self.pool(x))
+        return self.image_head(self.image_features(pixels).mean(1))
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.text(self.tokenizer(texts).to(self.device))
@@ -217,4 +194,4 @@ class SigLIPModule(L.LightningModule):
         checkpoint["lit_janus_stage0"] = {"part": "vision", "config": self.config.asdict()}
 
 
-__all__ = ["AttentionPool", "SigLIPModule", "TextTower", "WordTokenizer", "sigmoid_loss"]
+__all__ = ["SigLIPModule", "TextTower", "WordTokenizer", "sigmoid_loss"]

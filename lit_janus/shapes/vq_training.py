@@ -87,14 +87,10 @@ class ShapesImages(Dataset):
     data), `t2i` (train-split generation targets) or `mixed` (alternating). With `captions=True`
     an item is `(pixels, description)`, the description being ShapesWorld's canonical short one
     ("a red circle and a blue square", objects left to right) - SigLIP's text side - followed by
-    `hard_negatives` descriptions of the scene with one object's shape or colour changed. With
-    `layout=True` the description also states where one object lies relative to another
-    ("..., the blue square is above the red circle") and a third of the hard negatives swap two
-    objects' places instead: captions then depend on where things are, not only on what is there."""
+    `hard_negatives` descriptions of the scene with one object's shape or colour changed."""
 
     def __init__(self, length: int = 100_000, seed: int = 0, image_size: int = 64, kind: str = "mixed",
-                 captions: bool = False, crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0,
-                 layout: bool = False):
+                 captions: bool = False, crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0):
         from lit_janus.shapes.world import ShapesWorld
 
         if kind not in ("scenes", "t2i", "mixed"):
@@ -104,7 +100,7 @@ class ShapesImages(Dataset):
         if hard_negatives and not captions:
             raise ValueError("hard_negatives are captions: set captions=True")
         self.length, self.seed, self.kind, self.captions = length, seed, kind, captions
-        self.hard_negatives, self.layout = hard_negatives, layout
+        self.hard_negatives = hard_negatives
         self.crop, self.crop_align = crop, crop_align
         self.world = ShapesWorld(seed=seed, image_size=image_size)
 
@@ -119,6 +115,8 @@ class ShapesImages(Dataset):
         return random_scene(stable_rng(self.seed, "vq-scene", index))
 
     def __getitem__(self, index: int):
+        from lit_janus.shapes.world import describe
+
         scene = self.scene(index)
         pixels = image_to_pixels(self.world.render(scene))
         if self.crop is not None and self.crop < pixels.shape[-1]:
@@ -132,12 +130,11 @@ class ShapesImages(Dataset):
             pixels = pixels[:, y : y + self.crop, x : x + self.crop]
         if not self.captions:
             return pixels
-        from lit_janus.shapes.world import caption, hard_negative, layout_pair, stable_rng
+        from lit_janus.shapes.world import hard_negative, stable_rng
 
         rng = stable_rng(self.seed, "hard-negative", index)
-        pair = layout_pair(scene.objects, rng) if self.layout else None
-        negatives = [hard_negative(scene.objects, rng, pair, swap=self.layout) for _ in range(self.hard_negatives)]
-        return (pixels, caption(scene.objects, pair), *negatives)
+        negatives = [hard_negative(scene.objects, rng) for _ in range(self.hard_negatives)]
+        return (pixels, describe(scene.objects), *negatives)
 
 
 class ShapesImageDataModule(L.LightningDataModule):
@@ -145,7 +142,7 @@ class ShapesImageDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int = 32, image_size: int = 64, kind: str = "mixed", captions: bool = False,
                  train_length: int = 1_000_000, val_length: int = 256, seed: int = 0, num_workers: int = 0,
-                 crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0, layout: bool = False):
+                 crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0):
         """
         Args:
             batch_size: images per step.
@@ -157,9 +154,6 @@ class ShapesImageDataModule(L.LightningDataModule):
             crop_align: crop offsets are multiples of this (the VQ's downsampling factor).
             hard_negatives: with captions, this many extra captions per training image that are
                 wrong in one object's shape or colour (SigLIP only; validation keeps none).
-            layout: with captions, each caption also states one pairwise relation ("..., the blue
-                square is above the red circle") and a third of the hard negatives swap two objects'
-                places, so that the encoder must keep where things are (SigLIP only).
             train_length: images per epoch (the world is infinite; train with max_steps).
             val_length: fixed validation images (another seed: scenes never trained on).
             seed: world seed of the training images (validation uses seed + 1000).
@@ -169,11 +163,8 @@ class ShapesImageDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if captions and crop is not None:
             raise ValueError("crops would cut objects out of their descriptions: use crop only for the VQ")
-        if layout and not captions:
-            raise ValueError("layout is about captions: set captions=True")
-        self.train_set = ShapesImages(train_length, seed, image_size, kind, captions, crop, crop_align,
-                                      hard_negatives, layout)
-        self.val_set = ShapesImages(val_length, seed + 1000, image_size, kind, captions, layout=layout)
+        self.train_set = ShapesImages(train_length, seed, image_size, kind, captions, crop, crop_align, hard_negatives)
+        self.val_set = ShapesImages(val_length, seed + 1000, image_size, kind, captions)
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         h = self.hparams

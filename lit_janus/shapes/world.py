@@ -183,55 +183,18 @@ def describe(objects: Sequence[Obj]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _relation(a: Obj, b: Obj, axis: str) -> str:
-    if axis == "x":
-        return "left of" if a.x < b.x else "right of"
-    return "above" if a.y < b.y else "below"
-
-
-def layout_pair(objects: Sequence[Obj], rng: random.Random) -> tuple[int, int, str] | None:
-    """Indices ``(i, j)`` and an axis on which objects i and j are apart by >= 0.15 (as the position
-    questions ask), or None when no pair is (one object, or objects stacked on both axes)."""
-    pairs = [(i, j) for i in range(len(objects)) for j in range(len(objects)) if i != j]
-    rng.shuffle(pairs)
-    for i, j in pairs:
-        a, b = objects[i], objects[j]
-        axes = [ax for ax, d in (("x", a.x - b.x), ("y", a.y - b.y)) if abs(d) >= 0.15]
-        if axes:
-            return i, j, rng.choice(axes)
-    return None
-
-
-def caption(objects: Sequence[Obj], pair: tuple[int, int, str] | None = None) -> str:
-    """``describe(objects)``, plus with ``pair = (i, j, axis)`` where object i lies relative to object j:
-    'a red circle and a blue square, the blue square is above the red circle'."""
-    text = describe(objects)
-    if pair is None:
-        return text
-    i, j, axis = pair
-    a, b = objects[i], objects[j]
-    return f"{text}, the {a.phrase} is {_relation(a, b, axis)} the {b.phrase}"
-
-
-def hard_negative(objects: Sequence[Obj], rng: random.Random, pair: tuple[int, int, str] | None = None,
-                  swap: bool = False) -> str:
-    """The caption (same ``pair``) of a minimally different scene - one object's shape or colour changed,
-    or with ``swap`` possibly two objects' places exchanged - for contrastive pretraining: in-batch
-    negatives rarely differ in a single shape, so without these an encoder can match captions by
-    colours and counts alone; and without swaps, by what is in the image regardless of where."""
+def hard_negative(objects: Sequence[Obj], rng: random.Random) -> str:
+    """The description of a minimally different scene - one object's shape or colour changed - for
+    contrastive pretraining: in-batch negatives rarely differ in a single shape, so without these
+    an encoder can match captions by colours and counts alone."""
     objs = list(objects)
-    if swap and len(objs) > 1 and rng.random() < 1 / 3:
-        i, j = pair[:2] if pair is not None else rng.sample(range(len(objs)), 2)
-        a, b = objs[i], objs[j]
-        objs[i], objs[j] = replace(a, x=b.x, y=b.y), replace(b, x=a.x, y=a.y)
-        return caption(objs, pair)
     i = rng.randrange(len(objs))
     o = objs[i]
     if rng.random() < 0.5:
         objs[i] = replace(o, shape=rng.choice([s for s in SHAPES if s != o.shape]))
     else:
         objs[i] = replace(o, color=rng.choice([c for c in COLORS if c != o.color]))
-    return caption(objs, pair)
+    return describe(objs)
 
 
 # ----------------------------------------------------------------------------- text-to-image
@@ -351,13 +314,15 @@ def _qa_count(scene: Scene, rng: random.Random) -> tuple[str, str]:
 def _qa_position(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
     """Ask only about pairs whose centres differ by >= 0.15 on the asked axis (no borderline answers)."""
     objs = _unique(scene.objects, lambda o: o.phrase)
-    pair = layout_pair(objs, rng)
-    if pair is None:
-        return None
-    a, b = objs[pair[0]], objs[pair[1]]
-    if pair[2] == "x":
-        return f"is the {a.phrase} left or right of the {b.phrase}?", "left" if a.x < b.x else "right"
-    return f"is the {a.phrase} above or below the {b.phrase}?", "above" if a.y < b.y else "below"
+    pairs = [(a, b) for a in objs for b in objs if a is not b]
+    rng.shuffle(pairs)
+    for a, b in pairs:
+        axes = [ax for ax, d in (("x", a.x - b.x), ("y", a.y - b.y)) if abs(d) >= 0.15]
+        if axes:
+            if rng.choice(axes) == "x":
+                return f"is the {a.phrase} left or right of the {b.phrase}?", "left" if a.x < b.x else "right"
+            return f"is the {a.phrase} above or below the {b.phrase}?", "above" if a.y < b.y else "below"
+    return None
 
 
 def _qa_exists(scene: Scene, rng: random.Random) -> tuple[str, str]:

@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_checks.sh training   # issue 7: train_step.py (plain vs ours, stages 2 and 1),
 #                                            #          then memory.py --measure (7B per-rank shard) (~8 min)
 #   bash benchmarks/gpu_checks.sh flex       # issue 7: ours with flex attention for the LLM (~4 min)
-#   bash benchmarks/gpu_checks.sh shapes     # issue 5: the ShapesWorld main line, --preset full --no-ablations
+#   bash benchmarks/gpu_checks.sh shapes     # issue 5: the ShapesWorld main line, --preset full --no-ablations, then probes
 # Several groups run in order: `bash benchmarks/gpu_checks.sh sampling flex`. Output also goes to $OUT
 # (or /tmp) as <group>*.txt, line by line, so a run cut off by a time limit still returns what finished.
 # Packages the device image lacks (jsonargparse, for the CLI) travel as wheels in .whl/: run
@@ -50,6 +50,11 @@ for group in "${@:-sampling}"; do
             mkdir -p "$out/shapes_full"
             for f in results.md results.json samples tb stage0/stage0.json; do
                 [ -e "/tmp/shapes_full/$f" ] && cp -r "/tmp/shapes_full/$f" "$out/shapes_full/"
+            done
+            # does patch position survive the encoder and the aligner at this scale? (configs/shapes/README.md)
+            for st in stage2 stage3; do
+                ck=/tmp/shapes_full/$st/checkpoints/last.ckpt
+                [ -e "$ck" ] && run "shapes_probe_$st" 25 -m lit_janus.shapes.probe "$ck" --scenes 600
             done ;;
         *)
             echo "unknown group $group (sampling, training, flex, shapes)"; exit 2 ;;

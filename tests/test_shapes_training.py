@@ -168,6 +168,58 @@ def test_hard_negatives_differ_in_one_attribute_and_enter_the_loss_as_negatives(
     assert seen["texts"] == batch[1] + batch[2] + batch[3]  # 4 images against 4 + 2x4 captions
 
 
+def test_grounded_captions_name_each_objects_cell_left_to_right():
+    from lit_janus.shapes.vq_training import ShapesImageDataModule, ShapesImages
+    from lit_janus.shapes.world import Obj, grounded_caption
+
+    objs = [Obj("square", "blue", "large", 0.8, 0.3), Obj("circle", "red", "small", 0.1, 0.9)]
+    assert grounded_caption(objs) == "red circle 0 3 , blue square 3 1"
+    assert grounded_caption(objs, grid=2) == "red circle 0 1 , blue square 1 0"
+    with pytest.raises(ValueError, match="grid 8"):
+        grounded_caption(objs, grid=8)
+    ds = ShapesImages(8, seed=3, image_size=32, kind="scenes", captions=True, hard_negatives=2, grounded=True)
+    plain = ShapesImages(8, seed=3, image_size=32, kind="scenes", captions=True, hard_negatives=2)
+    for i in range(8):
+        _, text, grounded, *negs = ds[i]
+        assert grounded == grounded_caption(ds.scene(i).objects) and (text, *negs) == plain[i][1:]
+    with pytest.raises(ValueError, match="set captions=True"):
+        ShapesImageDataModule(grounded=True)
+
+
+def test_locca_captioner_learns_and_must_match_the_data():
+    import lightning as L
+
+    from lit_janus.shapes.siglip import SigLIPModule
+    from lit_janus.shapes.vq_training import ShapesImageDataModule, ShapesImages
+
+    torch.manual_seed(0)
+    m = SigLIPModule(overrides=SMALL, text_width=32, embed_dim=32, lr=2e-3, warmup_steps=0, locca_weight=1.0)
+    ds = ShapesImages(8, seed=5, image_size=32, kind="scenes", captions=True, hard_negatives=1, grounded=True)
+    items = [ds[i] for i in range(8)]
+    batch = (torch.stack([x[0] for x in items]), *([x[k] for x in items] for k in (1, 2, 3)))
+    logged = {}
+    m.log = lambda name, value, **k: logged.setdefault(name, []).append(float(value))
+    m.log_dict = lambda *a, **k: None
+    opt = m.configure_optimizers()["optimizer"]
+    for _ in range(15):
+        opt.zero_grad()
+        total = m.step(batch, "train")
+        total.backward()
+        opt.step()
+    # the total is the sigmoid loss plus the captioning loss, and the captioner learns its 8 captions
+    assert float(total) == pytest.approx(logged["train/loss"][-1] + logged["train/locca_loss"][-1], rel=1e-5)
+    assert logged["train/locca_loss"][-1] < 0.7 * logged["train/locca_loss"][0]
+    with pytest.raises(ValueError, match="locca_weight must be"):
+        SigLIPModule(overrides=SMALL, locca_weight=-1)
+    for weight, grounded in ((1.0, False), (0.0, True)):  # a mismatch would misread the batch
+        dm = ShapesImageDataModule(batch_size=2, image_size=32, kind="scenes", captions=True, grounded=grounded,
+                                   train_length=4, val_length=2)
+        trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+        with pytest.raises(ValueError, match="disagree"):
+            trainer.fit(SigLIPModule(overrides=SMALL, text_width=32, embed_dim=32, locca_weight=weight), dm)
+
+
 # ---------------------------------------------------------------------------------------------
 # exporting and assembling
 # ---------------------------------------------------------------------------------------------

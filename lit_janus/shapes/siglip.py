@@ -17,6 +17,11 @@ LayerNorm - the very features Janus feeds its aligner (no pooling head there) - 
 head that, like the text tower, is dropped afterwards: `export_state_dict(ckpt, "vision.")` gives
 `JanusPro.vision`'s weights.
 
+That loss needs no patch to say where it is, and the trained encoder forgets it (see
+`lit_janus.shapes.probe`). Optionally (`locca_weight > 0`), as SigLIP 2 does with LocCa, a small
+decoder also captions each image from its patch features with every object's grid cell
+("red circle 0 2 , blue square 3 1"), which patch features can only serve if they keep positions.
+
 `python main.py fit --config configs/shapes/stage0_siglip.yaml`
 """
 
@@ -85,6 +90,37 @@ class TextTower(nn.Module):
         return self.head((x * keep).sum(1) / keep.sum(1).clamp_min(1))
 
 
+class GroundedCaptioner(nn.Module):
+    """A small causal text decoder that cross-attends to the patch features and writes the scene's
+    objects with their grid cells ('red circle 0 2 , blue square 3 1'): a LocCa-style objective
+    (SigLIP 2 adds LocCa's location-aware captioning to SigLIP's loss for its dense features). The
+    mean-pooled contrastive loss alone needs no patch to say where it is, and the trained encoder
+    indeed forgets it (`python -m lit_janus.shapes.probe`)."""
+
+    def __init__(self, vocab_size: int, vision_width: int, width: int = 128, layers: int = 1, heads: int = 4,
+                 max_length: int = 32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width)
+        self.pos = nn.Parameter(torch.zeros(max_length, width))
+        nn.init.normal_(self.pos, std=0.02)
+        self.memory = nn.Linear(vision_width, width)
+        layer = nn.TransformerDecoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size)
+
+    def loss(self, patches: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Next-word cross-entropy of `ids` [B, T] (0 = pad; word 0 of each row is predicted from a
+        start position that sees only the image)."""
+        T = ids.shape[1]
+        inputs = F.pad(ids[:, :-1], (1, 0))  # a pad id in front serves as the start token
+        x = self.embed(inputs) + self.pos[:T]
+        causal = torch.triu(torch.full((T, T), float("-inf"), device=ids.device), 1)
+        x = self.norm(self.decoder(x, self.memory(patches), tgt_mask=causal))
+        return F.cross_entropy(self.head(x).flatten(0, 1), ids.flatten(), ignore_index=0)
+
+
 def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, t_prime: torch.Tensor, bias: torch.Tensor,
                  positives: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SigLIP's pairwise sigmoid loss on L2-normalised embeddings, images [n, d] against texts [m, d];
@@ -114,6 +150,8 @@ class SigLIPModule(L.LightningModule):
         t_prime_init: float = math.log(10.0),
         bias_init: float = -10.0,
         final_lr_fraction: float = 0.1,
+        locca_weight: float = 0.0,
+        locca_layers: int = 1,
     ):
         """
         Args:
@@ -130,6 +168,9 @@ class SigLIPModule(L.LightningModule):
             t_prime_init: initial log-temperature t' (SigLIP: log 10).
             bias_init: initial bias b (SigLIP: -10).
             final_lr_fraction: cosine-decay the LR after warm-up to this fraction of `lr` at max_steps (1: constant).
+            locca_weight: > 0 adds a `GroundedCaptioner` on the patch features, its loss weighted by
+                this (needs `ShapesImageDataModule(grounded=True)`). Dropped after this stage.
+            locca_layers: decoder layers of that captioner.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["config"])
@@ -142,6 +183,10 @@ class SigLIPModule(L.LightningModule):
         self.image_head = nn.Linear(self.config.vision_width, embed_dim)
         self.tokenizer = WordTokenizer()
         self.text = TextTower(len(self.tokenizer), text_width, text_layers, text_heads, embed_dim=embed_dim)
+        if locca_weight < 0:
+            raise ValueError(f"locca_weight must be >= 0, got {locca_weight}")
+        self.captioner = (GroundedCaptioner(len(self.tokenizer), self.config.vision_width, text_width, locca_layers,
+                                            text_heads) if locca_weight > 0 else None)
         self.t_prime = nn.Parameter(torch.tensor(float(t_prime_init)))
         self.bias = nn.Parameter(torch.tensor(float(bias_init)))
 
@@ -149,19 +194,35 @@ class SigLIPModule(L.LightningModule):
         """What Janus's aligner sees: last layer after the final LayerNorm, [B, tokens, width]."""
         return self.vision(pixels).last_hidden_state
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.image_head(self.image_features(pixels).mean(1))
+    def encode_images(self, pixels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.image_head((self.image_features(pixels) if features is None else features).mean(1))
+
+    def setup(self, stage: str) -> None:
+        # the grounded captions sit between the caption and the negatives in each batch: a mismatch
+        # would silently train on them as negatives, or on the first negatives as grounded captions
+        hparams = getattr(self.trainer.datamodule, "hparams", {})
+        if "grounded" in hparams and bool(hparams["grounded"]) != (self.captioner is not None):
+            raise ValueError(f"SigLIPModule(locca_weight={self.hparams.locca_weight}) and "
+                             f"ShapesImageDataModule(grounded={hparams['grounded']}) disagree: set both or neither")
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.text(self.tokenizer(texts).to(self.device))
 
     def step(self, batch, split: str) -> torch.Tensor:
         pixels, texts, *negatives = batch  # negatives: k lists of hard-negative captions
+        grounded = negatives.pop(0) if self.captioner is not None else None
         texts = list(texts)
         columns = texts + [t for group in negatives for t in group]
-        img, txt = self.encode_images(pixels), self.encode_texts(columns)
+        patches = self.image_features(pixels)
+        img, txt = self.encode_images(pixels, patches), self.encode_texts(columns)
         same = torch.tensor([[a == b for b in columns] for a in texts], device=img.device)
         loss, logits = sigmoid_loss(img, txt, self.t_prime, self.bias, same)
+        total = loss
+        if grounded is not None:
+            locca = self.captioner.loss(patches, self.tokenizer(list(grounded)).to(self.device))
+            self.log(f"{split}/locca_loss", locca, on_step=split == "train", on_epoch=split != "train",
+                     batch_size=len(texts))
+            total = loss + self.hparams.locca_weight * locca
         # retrieval: the best-scoring text of each image (hard negatives included) is a true description
         n = len(texts)
         i2t = same[torch.arange(n), logits.argmax(1)].float().mean()
@@ -173,7 +234,7 @@ class SigLIPModule(L.LightningModule):
         if on_step:
             self.log_dict({"train/temperature": self.t_prime.exp().detach(), "train/bias": self.bias.detach()},
                           on_step=True, on_epoch=False)
-        return loss
+        return total
 
     def training_step(self, batch, batch_idx):
         return self.step(batch, "train")
@@ -194,4 +255,4 @@ class SigLIPModule(L.LightningModule):
         checkpoint["lit_janus_stage0"] = {"part": "vision", "config": self.config.asdict()}
 
 
-__all__ = ["SigLIPModule", "TextTower", "WordTokenizer", "sigmoid_loss"]
+__all__ = ["GroundedCaptioner", "SigLIPModule", "TextTower", "WordTokenizer", "sigmoid_loss"]

@@ -87,10 +87,13 @@ class ShapesImages(Dataset):
     data), `t2i` (train-split generation targets) or `mixed` (alternating). With `captions=True`
     an item is `(pixels, description)`, the description being ShapesWorld's canonical short one
     ("a red circle and a blue square", objects left to right) - SigLIP's text side - followed by
-    `hard_negatives` descriptions of the scene with one object's shape or colour changed."""
+    `hard_negatives` descriptions of the scene with one object's shape or colour changed. With
+    `grounded=True` the description is followed by `grounded_caption` (objects with their grid cells,
+    the target of SigLIP's optional location-aware captioner) before the negatives."""
 
     def __init__(self, length: int = 100_000, seed: int = 0, image_size: int = 64, kind: str = "mixed",
-                 captions: bool = False, crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0):
+                 captions: bool = False, crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0,
+                 grounded: bool = False):
         from lit_janus.shapes.world import ShapesWorld
 
         if kind not in ("scenes", "t2i", "mixed"):
@@ -100,7 +103,9 @@ class ShapesImages(Dataset):
         if hard_negatives and not captions:
             raise ValueError("hard_negatives are captions: set captions=True")
         self.length, self.seed, self.kind, self.captions = length, seed, kind, captions
-        self.hard_negatives = hard_negatives
+        if grounded and not captions:
+            raise ValueError("grounded captions are captions: set captions=True")
+        self.hard_negatives, self.grounded = hard_negatives, grounded
         self.crop, self.crop_align = crop, crop_align
         self.world = ShapesWorld(seed=seed, image_size=image_size)
 
@@ -130,11 +135,12 @@ class ShapesImages(Dataset):
             pixels = pixels[:, y : y + self.crop, x : x + self.crop]
         if not self.captions:
             return pixels
-        from lit_janus.shapes.world import hard_negative, stable_rng
+        from lit_janus.shapes.world import grounded_caption, hard_negative, stable_rng
 
         rng = stable_rng(self.seed, "hard-negative", index)
         negatives = [hard_negative(scene.objects, rng) for _ in range(self.hard_negatives)]
-        return (pixels, describe(scene.objects), *negatives)
+        grounded = [grounded_caption(scene.objects)] if self.grounded else []
+        return (pixels, describe(scene.objects), *grounded, *negatives)
 
 
 class ShapesImageDataModule(L.LightningDataModule):
@@ -142,7 +148,7 @@ class ShapesImageDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int = 32, image_size: int = 64, kind: str = "mixed", captions: bool = False,
                  train_length: int = 1_000_000, val_length: int = 256, seed: int = 0, num_workers: int = 0,
-                 crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0):
+                 crop: int | None = None, crop_align: int = 8, hard_negatives: int = 0, grounded: bool = False):
         """
         Args:
             batch_size: images per step.
@@ -154,6 +160,8 @@ class ShapesImageDataModule(L.LightningDataModule):
             crop_align: crop offsets are multiples of this (the VQ's downsampling factor).
             hard_negatives: with captions, this many extra captions per training image that are
                 wrong in one object's shape or colour (SigLIP only; validation keeps none).
+            grounded: with captions, also each scene's objects with their grid cells ("red circle 0 2 ,
+                blue square 3 1"), for `SigLIPModule(locca_weight > 0)`; train and validation.
             train_length: images per epoch (the world is infinite; train with max_steps).
             val_length: fixed validation images (another seed: scenes never trained on).
             seed: world seed of the training images (validation uses seed + 1000).
@@ -163,8 +171,9 @@ class ShapesImageDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if captions and crop is not None:
             raise ValueError("crops would cut objects out of their descriptions: use crop only for the VQ")
-        self.train_set = ShapesImages(train_length, seed, image_size, kind, captions, crop, crop_align, hard_negatives)
-        self.val_set = ShapesImages(val_length, seed + 1000, image_size, kind, captions)
+        self.train_set = ShapesImages(train_length, seed, image_size, kind, captions, crop, crop_align,
+                                      hard_negatives, grounded)
+        self.val_set = ShapesImages(val_length, seed + 1000, image_size, kind, captions, grounded=grounded)
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         h = self.hparams

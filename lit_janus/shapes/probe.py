@@ -33,7 +33,7 @@ PROBES = ("column", "row", "color", "shape")
 def object_features(features, processor, n_scenes: int, seed: int, grid: int) -> tuple[torch.Tensor, dict]:
     """[objects, width] features (`features`: pixels -> [B, patches, width]) of each object's centre
     patch, and its labels per probe."""
-    from lit_janus.shapes.world import COLORS, SHAPES, ShapesWorld, random_scene
+    from lit_janus.shapes.world import COLORS, SHAPES, ShapesWorld, grid_cell, random_scene
 
     world, rng = ShapesWorld(seed=seed, image_size=processor.image.image_size), random.Random(seed)
     feats, labels = [], {k: [] for k in PROBES}
@@ -45,15 +45,16 @@ def object_features(features, processor, n_scenes: int, seed: int, grid: int) ->
             hidden = features(pixels)  # [B, grid*grid, width]
         for b, scene in enumerate(scenes):
             for o in scene.objects:
-                row, col = min(int(o.y * grid), grid - 1), min(int(o.x * grid), grid - 1)
+                col, row = grid_cell(o, grid)
                 feats.append(hidden[b, row * grid + col])
                 for k, v in zip(PROBES, (col, row, colors.index(o.color), SHAPES.index(o.shape))):
                     labels[k].append(v)
     return torch.stack(feats), {k: torch.tensor(v) for k, v in labels.items()}
 
 
-def linear_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 300, train_fraction: float = 0.8) -> float:
-    """Held-out accuracy of a logistic regression on standardised features (full-batch Adam)."""
+def linear_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 300, train_fraction: float = 0.8) -> dict:
+    """{accuracy, majority}: held-out accuracy of a logistic regression on standardised features
+    (full-batch Adam), and the held-out share of the most common class."""
     n = int(len(x) * train_fraction)
     mean, std = x[:n].mean(0), x[:n].std(0) + 1e-5
     x = (x - mean) / std
@@ -66,15 +67,14 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 300, train_fract
         F.cross_entropy(x[:n] @ w + b, y[:n]).backward()
         opt.step()
     with torch.no_grad():
-        return ((x[n:] @ w + b).argmax(1) == y[n:]).float().mean().item()
+        accuracy = ((x[n:] @ w + b).argmax(1) == y[n:]).float().mean().item()
+    return {"accuracy": accuracy, "majority": torch.bincount(y[n:]).max().item() / (len(y) - n)}
 
 
 def _is_stage0(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
-    if path.is_file() and path.suffix == ".ckpt":
-        return "lit_janus_stage0" in torch.load(path, map_location="cpu", weights_only=True)
-    return False
+    from lit_janus.shapes.vq_training import stage0_meta
+
+    return path.suffix == ".safetensors" or (path.is_file() and path.suffix == ".ckpt" and stage0_meta(path) is not None)
 
 
 def feature_sources(weights: str, config: str | Config = "shapes") -> tuple[dict, object, Config]:
@@ -112,9 +112,7 @@ def probe(weights: str, config: str | Config = "shapes", n_scenes: int = 1500, s
     out = {}
     for name, fn in sources.items():
         x, labels = object_features(fn, processor, n_scenes, seed, grid)
-        n = int(len(x) * 0.8)
-        out[name] = {k: {"accuracy": linear_probe(x, y), "majority": torch.bincount(y[n:]).max().item() / (len(y) - n)}
-                     for k, y in labels.items()}
+        out[name] = {k: linear_probe(x, y) for k, y in labels.items()}
     return out
 
 

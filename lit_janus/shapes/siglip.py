@@ -194,8 +194,9 @@ class SigLIPModule(L.LightningModule):
         """What Janus's aligner sees: last layer after the final LayerNorm, [B, tokens, width]."""
         return self.vision(pixels).last_hidden_state
 
-    def encode_images(self, pixels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        return self.image_head((self.image_features(pixels) if features is None else features).mean(1))
+    def image_embedding(self, patches: torch.Tensor) -> torch.Tensor:
+        """The contrastive embedding of `image_features` output: mean over patches, then the head."""
+        return self.image_head(patches.mean(1))
 
     def setup(self, stage: str) -> None:
         # the grounded captions sit between the caption and the negatives in each batch: a mismatch
@@ -214,7 +215,7 @@ class SigLIPModule(L.LightningModule):
         texts = list(texts)
         columns = texts + [t for group in negatives for t in group]
         patches = self.image_features(pixels)
-        img, txt = self.encode_images(pixels, patches), self.encode_texts(columns)
+        img, txt = self.image_embedding(patches), self.encode_texts(columns)
         same = torch.tensor([[a == b for b in columns] for a in texts], device=img.device)
         loss, logits = sigmoid_loss(img, txt, self.t_prime, self.bias, same)
         total = loss

@@ -395,13 +395,18 @@ def export_state_dict(checkpoint: str | Path | dict, prefix: str) -> dict[str, t
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def stage0_meta(checkpoint: str | Path) -> dict | None:
+    """The `lit_janus_stage0` entry of a Lightning checkpoint, None for any other checkpoint
+    (memory-mapped: the tensors are not read)."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("lit_janus_stage0")
+
+
 def stage0_config(checkpoint: str | Path) -> Config:
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    meta = ckpt.get("lit_janus_stage0")
+    meta = stage0_meta(checkpoint)
     if meta is None:
         raise ValueError(f"{checkpoint} is not a stage-0 checkpoint (no lit_janus_stage0 metadata)")
     return Config(**meta["config"])
 
 
 __all__ = ["ShapesImageDataModule", "ShapesImages", "VQModule", "codebook_stats", "export_state_dict",
-           "image_to_pixels", "quantize_l2", "resolve_config", "stage0_config", "warmup_cosine"]
+           "image_to_pixels", "quantize_l2", "resolve_config", "stage0_config", "stage0_meta", "warmup_cosine"]

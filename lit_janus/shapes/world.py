@@ -183,13 +183,18 @@ def describe(objects: Sequence[Obj]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def grid_cell(o: Obj, grid: int) -> tuple[int, int]:
+    """(column, row) of the cell of a ``grid`` x ``grid`` layout that ``o``'s centre falls in."""
+    return min(int(o.x * grid), grid - 1), min(int(o.y * grid), grid - 1)
+
+
 def grounded_caption(objects: Sequence[Obj], grid: int = 4) -> str:
     """Objects left to right with the cell of a ``grid`` x ``grid`` layout their centre falls in,
     column then row: 'red circle 0 2 , blue square 3 1' (a LocCa-style target, see siglip.py)."""
     if grid > MAX_OBJECTS + 1:
         raise ValueError(f"grid {grid}: cells are numbered with the words 0-{MAX_OBJECTS} of the vocabulary")
-    cell = lambda v: str(min(int(v * grid), grid - 1))  # noqa: E731
-    return " , ".join(f"{o.phrase} {cell(o.x)} {cell(o.y)}" for o in sorted(objects, key=lambda o: (o.x, o.y)))
+    return " , ".join(f"{o.phrase} {' '.join(map(str, grid_cell(o, grid)))}"
+                      for o in sorted(objects, key=lambda o: (o.x, o.y)))
 
 
 def hard_negative(objects: Sequence[Obj], rng: random.Random) -> str:

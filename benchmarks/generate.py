@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, if not installed
-from clock import sync, timed  # noqa: E402  benchmarks/clock.py (scripts run with benchmarks/ on sys.path)
+from clock import profiled, sync, timed  # noqa: E402  benchmarks/clock.py (scripts run with benchmarks/ on sys.path)
 from lit_janus.checkpoint import build_model  # noqa: E402
 from lit_janus.config import Config  # noqa: E402
 from lit_janus.generate import StaticDecoder, decode_images, generate_official, generate_reference, seed_key  # noqa: E402
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--bucket", type=int, default=64, help="attention-length bucket of the fast sampler")
+    ap.add_argument("--profile", action="store_true", help="also print the busiest kernels of one call of ours")
     ap.add_argument("--check", type=int, default=0, metavar="N",
                     help="also compare the first N images with the eager reference loop (same seeds)")
     args = ap.parse_args(argv)
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         runs = [timed(ours, device) for _ in range(args.repeats)]
         t_ours = [t for t, _ in runs]
         codes = runs[-1][1]
+        if args.profile:
+            print(profiled(ours, device))
+        decode_images(model, codes[:1])  # warm-up: cuDNN picks its convolution algorithms on a first call
         t_dec, _ = timed(lambda: decode_images(model, codes), device)
 
         if args.check:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 4, 5 and 7, one group per device call (each sized to well under 10 min).
-#   bash benchmarks/gpu_checks.sh sampling   # issue 4: generate.py fp32 exactness + bf16 speed, understand.py (~3 min)
-#   bash benchmarks/gpu_checks.sh training   # issue 7: train_step.py (plain vs ours, stages 2 and 1),
-#                                            #          then memory.py --measure (7B per-rank shard) (~8 min)
+#   bash benchmarks/gpu_checks.sh sampling   # issue 4: generate.py bf16 speed (+ graph check), understand.py (~3 min)
+#   bash benchmarks/gpu_checks.sh exact      # issue 4: generate.py in fp32 against the eager reference loop (~2 min)
+#   bash benchmarks/gpu_checks.sh training   # issue 7: train_step.py (plain vs ours, stages 2 and 1, each with
+#                                            #          sdpa and varlen attention), then memory.py --measure
+#                                            #          (7B per-rank shard) (~6 min)
 #   bash benchmarks/gpu_checks.sh flex       # issue 7: ours with flex attention for the LLM (~4 min)
 #   bash benchmarks/gpu_checks.sh shapes     # issue 5: the ShapesWorld main line, --preset full --no-ablations, then probes
 # Several groups run in order: `bash benchmarks/gpu_checks.sh sampling flex`. Output also goes to $OUT
@@ -34,12 +36,13 @@ run() {  # run NAME SECONDS ARGS...: one python command; all of its output to $o
 for group in "${@:-sampling}"; do
     case $group in
         sampling)
-            # fp32 first: different kernels rarely meet a near-tie there, so tokens should agree throughout
-            run sampling_check 150 benchmarks/generate.py --dtype float32 --images 4 --check 4 --repeats 1
-            run sampling_generate 200 benchmarks/generate.py --check 2
+            run sampling_generate 200 benchmarks/generate.py --check 2 --profile
             run sampling_understand 120 benchmarks/understand.py ;;
+        exact)
+            # fp32: different kernels rarely meet a near-tie there, so tokens should agree throughout
+            run sampling_check 150 benchmarks/generate.py --dtype float32 --images 4 --check 4 --repeats 1 ;;
         training)
-            run training_step 330 benchmarks/train_step.py
+            run training_step 400 benchmarks/train_step.py --profile
             run training_memory 200 benchmarks/memory.py --measure --rows 4 ;;
         flex)
             run flex_step 280 benchmarks/train_step.py --attn flex_attention --no-plain --stages 2 ;;
@@ -57,6 +60,6 @@ for group in "${@:-sampling}"; do
                 [ -e "$ck" ] && run "shapes_probe_$st" 25 -m lit_janus.shapes.probe "$ck" --scenes 600
             done ;;
         *)
-            echo "unknown group $group (sampling, training, flex, shapes)"; exit 2 ;;
+            echo "unknown group $group (sampling, exact, training, flex, shapes)"; exit 2 ;;
     esac
 done

@@ -19,8 +19,11 @@ Timed variants (median step time over `--steps` after `--warmup` steps, `cuda.sy
 - `ours stage N`: `JanusModule` through a Lightning `Trainer` (precision bf16-mixed, clip 1.0):
   SigLIP on the understanding images, the three losses with the chunked cross-entropy, backward,
   AdamW (fused on GPU), logging; per step the whole loop iteration (data transfer included).
-  Levers: `--compile` (each decoder layer, default on a GPU), `--attn`, `--ac-layers N`
-  (checkpoint only the first N decoder layers), `--ce`, `--chunk-elements`.
+  Levers: `--compile` (each decoder layer, default on a GPU), `--attn` (one row per backend listed;
+  default sdpa, whose dense packed-document mask forces the memory-efficient kernel over every block,
+  and varlen_attention, flash over the documents alone), `--ac-layers N` (checkpoint only the first N
+  decoder layers), `--ce`, `--chunk-elements`. Each row's note gives its first-step loss: same weights
+  and batch, so backends that agree on it compute the same thing.
 Stage I freezes the LLM (no LLM weight gradients), Stage II trains it.
 
 MFU = model FLOPs per step / step time / peak. Model FLOPs are `lit_janus.flops.step_flops`:
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, if not installed
+from clock import kernel_table, profiler, sync  # noqa: E402  benchmarks/clock.py
 from lit_janus.batch import IGNORE, Sample, collate  # noqa: E402
 from lit_janus.config import Config  # noqa: E402
 from lit_janus.flops import part_params, peak_flops, step_flops  # noqa: E402
@@ -177,11 +181,6 @@ class Result:
         return self.tokens / self.step_s
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _reset_peak(device):
     if device.type == "cuda":
         gc.collect()
@@ -223,7 +222,7 @@ def run_plain(cfg: Config, batch, device, warmup: int, steps: int) -> Result:
     for i in range(warmup + steps):
         if i == warmup:
             _reset_peak(device)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=labels).loss
@@ -231,7 +230,7 @@ def run_plain(cfg: Config, batch, device, warmup: int, steps: int) -> Result:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
         if i >= warmup:
             res.times.append(time.perf_counter() - t0)
     res.peak_bytes = _peak(device)
@@ -240,7 +239,7 @@ def run_plain(cfg: Config, batch, device, warmup: int, steps: int) -> Result:
     return res
 
 
-def run_ours(cfg: Config, batch, device, tokenizer_dir: str, stage: int, args) -> Result:
+def run_ours(cfg: Config, batch, device, tokenizer_dir: str, stage: int, attn: str, args) -> Result:
     """JanusModule under a Lightning Trainer; per-step time = the whole loop iteration."""
     import lightning as L
     from torch.utils.data import DataLoader, Dataset
@@ -272,8 +271,10 @@ def run_ours(cfg: Config, batch, device, tokenizer_dir: str, stage: int, args) -
                     layer.gradient_checkpointing = False
 
     module = Bench(config=cfg, tokenizer=tokenizer_dir, stage=stage, optimizer=optimizer, max_length=args.pack_length,
-                   compile=args.compile, attn_implementation=args.attn)
-    n = args.warmup + args.steps
+                   compile=args.compile, attn_implementation=attn)
+    n = args.warmup + args.steps + (1 if args.profile else 0)
+    profile = args.profile and not args.profiled  # the first of our variants only
+    args.profiled = args.profiled or profile
 
     class Repeat(Dataset):
         def __len__(self):
@@ -289,13 +290,21 @@ def run_ours(cfg: Config, batch, device, tokenizer_dir: str, stage: int, args) -
         def on_train_batch_start(self, trainer, pl_module, b, batch_idx):
             if batch_idx == args.warmup:
                 _reset_peak(device)
+            if profile and batch_idx == args.warmup + args.steps - 1:  # the last step, after the timed ones
+                self.prof = profiler(device).__enter__()
             if batch_idx == 0:
-                _sync(device)
+                sync(device)
                 self.marks.append(time.perf_counter())
 
         def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
-            _sync(device)
+            sync(device)
             self.marks.append(time.perf_counter())
+            if getattr(self, "prof", None) is not None:
+                self.prof.__exit__(None, None, None)
+                print(f"  {_short(attn)} stage {stage}, one step: " + kernel_table(self.prof, device), flush=True)
+                self.prof = None
+            if batch_idx == 0:  # before any update: equal across attention variants (same init, same batch)
+                self.first_loss = float(outputs["loss"])
 
     timer = Timer()
     trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed", max_steps=n, logger=False,
@@ -303,12 +312,14 @@ def run_ours(cfg: Config, batch, device, tokenizer_dir: str, stage: int, args) -
                         gradient_clip_val=1.0, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer],
                         default_root_dir=tempfile.mkdtemp(prefix="bench_"))
     loader = DataLoader(Repeat(), batch_size=None, pin_memory=device.type == "cuda")
+    torch.manual_seed(args.seed)  # every variant starts from the same weights
     trainer.fit(module, loader)
-    levers = [f"attn={args.attn}", f"{args.ce} CE", "compiled blocks" if args.compile else "eager",
-              f"AC {args.ac_layers}/{cfg.n_layer} layers", "fused AdamW" if fused else "AdamW"]
-    res = Result(f"ours stage {stage} (Lightning)", int((batch["task_ids"] > 0).sum()), step_flops(cfg, batch),
+    levers = [f"attn={attn}", f"{args.ce} CE", "compiled blocks" if args.compile else "eager",
+              f"AC {args.ac_layers}/{cfg.n_layer} layers", "fused AdamW" if fused else "AdamW",
+              f"first loss {timer.first_loss:.4f}"]
+    res = Result(f"ours stage {stage} {_short(attn)}", int((batch["task_ids"] > 0).sum()), step_flops(cfg, batch),
                  note=", ".join(levers))
-    res.times = [b - a for a, b in zip(timer.marks, timer.marks[1:])][args.warmup:]
+    res.times = [b - a for a, b in zip(timer.marks, timer.marks[1:])][args.warmup:args.warmup + args.steps]
     res.peak_bytes = _peak(device)
     loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
     if not math.isfinite(loss):
@@ -316,6 +327,10 @@ def run_ours(cfg: Config, batch, device, tokenizer_dir: str, stage: int, args) -
     del trainer, module
     _free(device)
     return res
+
+
+def _short(attn: str) -> str:
+    return {"varlen_attention": "varlen", "flex_attention": "flex"}.get(attn, attn)
 
 
 def enable_activation_checkpointing(janus) -> None:
@@ -358,7 +373,9 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10, tiny 3)")
     ap.add_argument("--stages", default="2,1", help="our stages to time, e.g. 2,1")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain transformers baseline")
-    ap.add_argument("--attn", default="sdpa", help="sdpa | flex_attention | flash_attention_2 | eager")
+    ap.add_argument("--attn", default="sdpa,varlen_attention",
+                    help="LLM attention of our step, several comma-separated: sdpa | varlen_attention | flex_attention "
+                         "| flash_attention_2 | eager (packed documents: varlen and flex skip the masked blocks)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile each decoder layer (default: on with a GPU)")
     ap.add_argument("--ac-layers", type=int, default=0, help="activation-checkpoint the first N decoder layers")
@@ -367,6 +384,8 @@ def parse_args(argv=None):
                     help="unchunked: A/B the full-logits cross-entropy inside our step")
     ap.add_argument("--no-fused-adamw", action="store_true", help="plain (foreach) AdamW for our step too")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s for MFU (default: known GPUs)")
+    ap.add_argument("--profile", action="store_true",
+                    help="print the busiest kernels of one extra step of our first variant (after the timed steps)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -378,6 +397,8 @@ def parse_args(argv=None):
     if args.compile is None:
         args.compile = cuda and not args.tiny
     args.stages = [int(s) for s in str(args.stages).split(",") if s]
+    args.attn = [a for a in str(args.attn).split(",") if a]
+    args.profiled = False
     return args
 
 
@@ -427,8 +448,9 @@ def main(argv=None) -> list[Result]:
             results.append(_guarded("plain HF Llama (eager)", tokens, flops, device,
                                     lambda: run_plain(cfg, batch, device, args.warmup, args.steps)))
         for stage in args.stages:
-            results.append(_guarded(f"ours stage {stage} (Lightning)", tokens, flops, device,
-                                    lambda: run_ours(cfg, batch, device, tokdir, stage, args)))
+            for attn in args.attn:
+                results.append(_guarded(f"ours stage {stage} {_short(attn)}", tokens, flops, device,
+                                        lambda: run_ours(cfg, batch, device, tokdir, stage, attn, args)))
 
     print(f"\n{'variant':34s} {'tokens':>7s} {'step ms':>9s} {'tokens/s':>10s} {'TFLOP/step':>10s} "
           f"{'TFLOP/s':>8s} {'MFU':>6s} {'peak GiB':>8s}  levers")
@@ -441,20 +463,22 @@ def main(argv=None) -> list[Result]:
         mem = f"{r.peak_bytes / 2**30:8.2f}" if r.peak_bytes is not None else "     n/a"
         print(f"{r.name:34s} {r.tokens:7d} {1e3 * r.step_s:9.1f} {r.tokens_per_s:10.0f} {r.flops / 1e12:10.3f} "
               f"{tf:8.3f} {mfu} {mem}  {r.note}")
-    by = {r.name: r for r in results if not r.failed}
-    plain = by.get("plain HF Llama (eager)")
-    s2, s1 = by.get("ours stage 2 (Lightning)"), by.get("ours stage 1 (Lightning)")
+    ok = [r for r in results if not r.failed]
+    plain = next((r for r in ok if r.name.startswith("plain")), None)
+    best = {st: min((r for r in ok if r.name.startswith(f"ours stage {st} ")), key=lambda r: r.step_s, default=None)
+            for st in (1, 2)}
+    s2, s1 = best[2], best[1]
     print()
     if plain and s2:
         ratio = s2.tokens_per_s / plain.tokens_per_s
-        print(f"ratio ours stage 2 / plain tokens/s: {ratio:.2f}x  (target >= 1.3x on one H100"
+        print(f"ratio {s2.name} / plain tokens/s: {ratio:.2f}x  (target >= 1.3x on one H100"
               + (")" if device.type == "cuda" else "; this is a CPU tiny run, not a measurement of it)"))
     if s1 and s2:
         ratio = s1.tokens_per_s / s2.tokens_per_s
-        print(f"ratio stage 1 / stage 2 tokens/s: {ratio:.2f}x  (stage 1 faster: {'yes' if ratio > 1 else 'NO'}"
+        print(f"ratio {s1.name} / {s2.name} tokens/s: {ratio:.2f}x  (stage 1 faster: {'yes' if ratio > 1 else 'NO'}"
               + (")" if not args.tiny else "; tiny shapes are overhead-bound, this says nothing)"))
     if peak and s2:
-        print(f"MFU ours stage 2: {100 * s2.flops / s2.step_s / peak:.1f}%  (target >= 50% on one H100)")
+        print(f"MFU {s2.name}: {100 * s2.flops / s2.step_s / peak:.1f}%  (target >= 50% on one H100)")
     sys.stdout.flush()
     return results
 

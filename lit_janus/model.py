@@ -11,32 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lit_janus.attention import VARLEN, document_offsets, register_varlen_attention, use_autocast_flex_attention
 from lit_janus.batch import IGNORE, TASK_ID, TASKS
 from lit_janus.config import Config
 from lit_janus.losses import linear_cross_entropy
 from lit_janus.vq import vq_decode, vq_encode
-
-
-def _flex_attention_in_autocast_dtype(module, query, key, value, *args, **kwargs):
-    """transformers' flex attention with q, k, v cast to autocast's dtype. Under bf16-mixed the
-    rotary embedding hands back float32 q and k (cos/sin take the float32 residual stream's dtype)
-    beside a bf16 v; sdpa is on autocast's cast list and runs bf16 anyway, flex is not (in some torch
-    versions): it would refuse the mix or run float32 kernels, reported ~12x slower in backward."""
-    from transformers.integrations import flex_attention
-
-    device = query.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    return flex_attention.flex_attention_forward(module, query, key, value, *args, **kwargs)
-
-
-def use_autocast_flex_attention() -> None:
-    """Make transformers' `flex_attention` implementation honour autocast (process-wide; a no-op
-    outside autocast). Registered under the same name, so transformers' flex masks still apply."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register("flex_attention", _flex_attention_in_autocast_dtype)
 
 
 class JanusPro(nn.Module):
@@ -47,11 +26,13 @@ class JanusPro(nn.Module):
         self.config = config
         if attn_implementation == "flex_attention":
             use_autocast_flex_attention()
+        elif attn_implementation == VARLEN:
+            register_varlen_attention()
         if janus is None:
             hf = config.to_hf()
-            # flex attention matters only in the LLM (packed documents: a block-sparse mask instead of
-            # sdpa's dense [B,1,T,T] one); transformers' Janus wrapper and SigLIP do not accept it
-            outer = "sdpa" if attn_implementation == "flex_attention" else attn_implementation
+            # flex and varlen attention matter only in the LLM (packed documents, lit_janus.attention);
+            # transformers' Janus wrapper and SigLIP do not accept them
+            outer = "sdpa" if attn_implementation in ("flex_attention", VARLEN) else attn_implementation
             hf._attn_implementation = outer
             hf.text_config._attn_implementation = attn_implementation
             hf.vision_config._attn_implementation = outer
@@ -132,8 +113,13 @@ class JanusPro(nn.Module):
         return embeds
 
     def hidden_states(self, inputs_embeds, position_ids=None, attention_mask=None) -> torch.Tensor:
+        kw = {}
+        if position_ids is not None and attention_mask is None and self.llm.config._attn_implementation == VARLEN:
+            # the documents, found once per forward instead of once per layer (lit_janus.attention)
+            offsets, T = document_offsets(position_ids), position_ids.shape[1]
+            kw = dict(cu_seq_lens_q=offsets, cu_seq_lens_k=offsets, max_length_q=T, max_length_k=T)
         return self.llm(
-            inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+            inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False, **kw
         ).last_hidden_state
 
     # ---- training forward -------------------------------------------------------------------

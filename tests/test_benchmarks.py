@@ -5,6 +5,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))  # as when a script runs: its folder (clock.py) is importable
 
@@ -20,10 +22,14 @@ def _load(name):
 def test_train_step_tiny_prints_ratios(capsys):
     results = _load("train_step").main(["--tiny", "--warmup", "1", "--steps", "1"])
     out = capsys.readouterr().out
-    assert [r.name for r in results] == ["plain HF Llama (eager)", "ours stage 2 (Lightning)", "ours stage 1 (Lightning)"]
+    assert [r.name for r in results] == ["plain HF Llama (eager)", "ours stage 2 sdpa", "ours stage 2 varlen",
+                                         "ours stage 1 sdpa", "ours stage 1 varlen"]
     assert all(r.tokens == results[0].tokens > 0 and r.flops > 0 and r.step_s > 0 for r in results)
-    assert re.search(r"^ratio ours stage 2 / plain tokens/s: \d+\.\d\dx", out, re.M), out
-    assert re.search(r"^ratio stage 1 / stage 2 tokens/s: \d+\.\d\dx", out, re.M), out
+    # each attention backend starts from the same weights and batch: the same first-step loss
+    first = [float(re.search(r"first loss (\d+\.\d+)", r.note).group(1)) for r in results[1:]]
+    assert first[0] == pytest.approx(first[1], abs=2e-3) and first[2] == pytest.approx(first[3], abs=2e-3), first
+    assert re.search(r"^ratio ours stage 2 \w+ / plain tokens/s: \d+\.\d\dx", out, re.M), out
+    assert re.search(r"^ratio ours stage 1 \w+ / ours stage 2 \w+ tokens/s: \d+\.\d\dx", out, re.M), out
     assert "samples und:text:t2i = 2:3:5" in out  # one whole Stage II unit
     assert "MFU = model FLOPs / step time / peak" in out
 
@@ -59,9 +65,11 @@ def test_memory_census_of_7b_on_meta():
 
 
 def test_generate_tiny_prints_the_ratio(capsys, one_thread):
-    _load("generate").main(["--tiny", "--images", "2", "--repeats", "1"])
+    _load("generate").main(["--tiny", "--images", "2", "--repeats", "1", "--profile"])
     out = capsys.readouterr().out
     assert re.search(r"ratio", out) and re.search(r"\d+\.\d+\s*s", out), out
+    # --profile: one call's busiest ops, the matmuls among them
+    assert re.search(r"^profile: \d+ op calls, \d+\.\d ms in all$", out, re.M) and "aten::" in out, out
 
 
 def test_understand_tiny_prints_the_ratio(capsys, one_thread):

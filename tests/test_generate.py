@@ -97,7 +97,8 @@ def test_left_padded_prefill_matches_transformers_forward(sharp_model, tiny_proc
 @pytest.mark.parametrize("n,sampling", [(2, {}), (1, dict(temperature=0.8, top_k=12, top_p=0.9, cfg_weight=3.0))])
 def test_fast_sampler_matches_reference_loop(sharp_model, tiny_processor, n, sampling):
     """Prompts of different lengths in one left-padded batch give exactly the tokens of the
-    reference loop run one prompt at a time with transformers' forward."""
+    reference loop run one prompt at a time with transformers' forward (the decoder's own
+    concatenated q/k/v and gate/up weights included)."""
     cond, uncond, keys = requests(tiny_processor, PROMPTS, n, 11)
     fast = G.StaticDecoder(sharp_model).images(cond, uncond, keys, pad_id=tiny_processor.pad_id, **sampling)
     for p in range(2):
@@ -117,6 +118,28 @@ def test_image_depends_only_on_its_prompt_and_seed(sharp_model, tiny_processor):
     again = G.generate(sharp_model, tiny_processor, [PROMPTS[1]], seeds=[5], decode=False).codes
     other = G.generate(sharp_model, tiny_processor, [PROMPTS[1]], seeds=[6], decode=False).codes
     assert torch.equal(again, alone) and not torch.equal(other, alone)
+
+
+def test_decoder_sees_weights_changed_in_place(sharp_model, tiny_processor):
+    """Its concatenated weights are copies: training between calls (an in-place optimizer step, as
+    under the sample-images callback) must reach the next call."""
+    import copy
+
+    m = copy.deepcopy(sharp_model)
+    d = G.StaticDecoder(m)
+    req = requests(tiny_processor, PROMPTS, 1, 3)
+    before = d.images(*req, pad_id=tiny_processor.pad_id)
+    with torch.no_grad():
+        for layer in m.llm.layers:
+            layer.self_attn.k_proj.weight.mul_(-1.0)
+            layer.mlp.up_proj.weight.mul_(0.5)
+    after = d.images(*req, pad_id=tiny_processor.pad_id)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, G.StaticDecoder(m).images(*req, pad_id=tiny_processor.pad_id))
+    # under autocast (the sample-images callback) the copies are kept in its dtype, not the fp32 masters'
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d.images(*req, pad_id=tiny_processor.pad_id)
+    assert d._weights[0][1].dtype == torch.bfloat16 and m.llm.layers[0].self_attn.q_proj.weight.dtype == torch.float32
 
 
 class _EagerReuse(G.StaticDecoder):

@@ -241,3 +241,60 @@ def test_flex_attention_runs_in_the_autocast_dtype(tiny_model, tiny_processor, m
     with torch.no_grad():
         flex(batch)  # no autocast: float32 throughout, untouched
     assert set(seen) == {(torch.float32,) * 3}
+
+
+def test_document_offsets_start_where_positions_restart():
+    from lit_janus.attention import document_offsets
+
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 0, 1, 0, 1]])  # row 0 ends in its padding
+    assert document_offsets(pos).tolist() == [0, 3, 8, 12, 14, 16]
+    assert document_offsets(torch.arange(5)[None].expand(3, 5)).tolist() == [0, 5, 10, 15]
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_varlen_attention_gives_the_sdpa_losses_on_packed_rows(tiny_model, tiny_processor, autocast, monkeypatch):
+    """`attn_implementation: varlen_attention` (issue 7: flash attention over the packed documents, no
+    mask) computes the same losses and gradients as sdpa's dense mask. On the CPU it runs the
+    per-document sdpa loop; the flash kernel itself is checked on a GPU by benchmarks/train_step.py,
+    whose table shows each variant's first-step loss."""
+    import lit_janus.attention
+    from lit_janus.model import JanusPro
+
+    seen, original = [], lit_janus.attention._reference_varlen
+
+    def spy(q, k, v, offsets, scale):
+        seen.append((len(offsets), q.dtype))
+        return original(q, k, v, offsets, scale)
+
+    monkeypatch.setattr(lit_janus.attention, "_reference_varlen", spy)
+    p = tiny_processor
+    codes = torch.arange(p.num_image_tokens) % tiny_model.config.codebook_size
+    samples = [p.t2i_sample("a red circle", codes), p.text_sample("the triangle is left of the circle."),
+               p.understanding_sample(_image(3), "what colour?", "green"), p.text_sample("yes")]
+    batch = collate(samples, p.pad_id, pack_length=256)
+    n_docs = int((batch["position_ids"] == 0).sum())
+    assert n_docs > batch["position_ids"].shape[0]  # really packed
+    varlen = JanusPro(tiny_model.config, "varlen_attention")
+    varlen.janus.load_state_dict(tiny_model.janus.state_dict())
+    assert varlen.llm.config._attn_implementation == "varlen_attention"
+    assert varlen.vision.config._attn_implementation == "sdpa"
+    ref_model = JanusPro(tiny_model.config, "sdpa")
+    ref_model.janus.load_state_dict(tiny_model.janus.state_dict())
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ref, out = ref_model(batch), varlen(batch)
+        for key in ("und_loss", "text_loss", "gen_loss"):
+            torch.testing.assert_close(out[key], ref[key], **tol)
+        sum(ref[k] for k in ("und_loss", "text_loss", "gen_loss")).backward()
+        sum(out[k] for k in ("und_loss", "text_loss", "gen_loss")).backward()
+    # every LLM layer went through the varlen function, with the documents, in autocast's dtype
+    want = (n_docs + 1, torch.bfloat16 if autocast else torch.float32)
+    assert seen == [want] * tiny_model.config.n_layer, seen
+    if not autocast:
+        for (name, a), b in zip(ref_model.llm.named_parameters(), varlen.llm.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+    # packing isolates documents: the same text alone gives the same loss
+    with torch.no_grad():
+        alone = varlen(collate([samples[1]], p.pad_id))["text_loss"]
+    torch.testing.assert_close(alone, ref_model(collate([samples[1]], p.pad_id))["text_loss"].detach(),
+                               rtol=1e-4, atol=1e-5)

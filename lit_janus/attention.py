@@ -11,7 +11,7 @@ the backend:
 - `varlen_attention` (ours) gets no mask at all: `JanusPro.hidden_states` hands the LLM the
   documents' cumulative lengths once per forward, and each layer calls PyTorch's flash-attention
   varlen kernel (`torch.nn.attention.varlen`), which computes only the causal blocks inside each
-  document. On a CPU (tests) the same function runs a per-document sdpa loop instead.
+  document. On a CPU (tests), or in float32, the same function runs a per-document sdpa loop instead.
 """
 
 from __future__ import annotations

@@ -114,10 +114,14 @@ class JanusPro(nn.Module):
 
     def hidden_states(self, inputs_embeds, position_ids=None, attention_mask=None) -> torch.Tensor:
         kw = {}
-        if position_ids is not None and attention_mask is None and self.llm.config._attn_implementation == VARLEN:
-            # the documents, found once per forward instead of once per layer (lit_janus.attention)
-            offsets, T = document_offsets(position_ids), position_ids.shape[1]
-            kw = dict(cu_seq_lens_q=offsets, cu_seq_lens_k=offsets, max_length_q=T, max_length_k=T)
+        if self.llm.config._attn_implementation == VARLEN:
+            if attention_mask is not None:  # transformers would drop it silently for this backend
+                raise ValueError("varlen_attention finds documents in the position ids and takes no attention mask: "
+                                 "pack the rows (collate) or use attn_implementation sdpa")
+            if position_ids is not None:
+                # the documents, found once per forward instead of once per layer (lit_janus.attention)
+                offsets, T = document_offsets(position_ids), position_ids.shape[1]
+                kw = dict(cu_seq_lens_q=offsets, cu_seq_lens_k=offsets, max_length_q=T, max_length_k=T)
         return self.llm(
             inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False, **kw
         ).last_hidden_state

@@ -102,8 +102,10 @@ class JanusModule(L.LightningModule):
             max_length: context length; longer samples are rejected by the processor, never truncated.
             activation_checkpointing: recompute decoder/vision layers in backward to save memory.
             compile: torch.compile each decoder layer (GPU).
-            attn_implementation: transformers attention backend (sdpa, eager, flash_attention_2, flex_attention;
-                flex applies to the LLM only, and its backward needs a GPU).
+            attn_implementation: transformers attention backend (sdpa, eager, flash_attention_2, flex_attention,
+                varlen_attention). varlen_attention (lit_janus.attention) and flex_attention apply to the LLM
+                only and skip the masked blocks of packed rows; varlen runs flash attention on a GPU (torch >= 2.9),
+                flex's backward needs a GPU.
         """
         super().__init__()
         # plain values only: sharded checkpoints reload their metadata with weights_only=True

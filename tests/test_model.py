@@ -293,6 +293,9 @@ def test_varlen_attention_gives_the_sdpa_losses_on_packed_rows(tiny_model, tiny_
     if not autocast:
         for (name, a), b in zip(ref_model.llm.named_parameters(), varlen.llm.parameters()):
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="no attention mask"):
+        varlen.hidden_states(varlen.llm.embed_tokens(batch["input_ids"]), batch["position_ids"],
+                             torch.ones_like(batch["input_ids"]))
     # packing isolates documents: the same text alone gives the same loss
     with torch.no_grad():
         alone = varlen(collate([samples[1]], p.pad_id))["text_loss"]

@@ -199,3 +199,18 @@ def test_shared_encoder_freezes_the_unused_siglip_and_aligner(tiny_hf_dir):
     assert "aligner" not in trainable and "vision_model" not in trainable
     assert {"generation_aligner", "generation_embeddings", "language_model"} <= trainable
     assert "vision" in JanusModule(config="tiny", tokenizer=str(tiny_hf_dir), stage=3).trainable
+
+
+def test_varlen_attention_trains_under_activation_checkpointing(tmp_path, tiny_hf_dir, tiny_processor):
+    """The 1B/7B configs' attention (varlen) with recomputation in backward: the same first-step
+    loss and gradient norm as sdpa (on the CPU varlen runs its per-document reference loop)."""
+    metrics = {}
+    for attn in ("sdpa", "varlen_attention"):
+        torch.manual_seed(0)
+        module = _module(tiny_hf_dir, stage=2, attn_implementation=attn, activation_checkpointing=True)
+        trainer = _trainer(tmp_path / attn, max_steps=1)
+        trainer.fit(module, SyntheticData(tiny_processor))
+        assert module.model.llm.config._attn_implementation == attn
+        metrics[attn] = {k: float(trainer.callback_metrics[k]) for k in ("train/loss", "train/grad_norm")}
+    for k, v in metrics["sdpa"].items():
+        assert metrics["varlen_attention"][k] == pytest.approx(v, rel=1e-4), (k, metrics)

@@ -290,7 +290,7 @@ def run_ours(cfg: Config, batch, device, tokenizer_dir: str, stage: int, attn: s
         def on_train_batch_start(self, trainer, pl_module, b, batch_idx):
             if batch_idx == args.warmup:
                 _reset_peak(device)
-            if profile and batch_idx == args.warmup + args.steps - 1:  # the last step, after the timed ones
+            if profile and batch_idx == args.warmup + args.steps:  # the extra step after the timed ones
                 self.prof = profiler(device).__enter__()
             if batch_idx == 0:
                 sync(device)

@@ -76,3 +76,11 @@ def test_understand_tiny_prints_the_ratio(capsys, one_thread):
     _load("understand").main(["--tiny"])
     out = capsys.readouterr().out
     assert re.search(r"ratio", out) and re.search(r"\d+\.\d+\s*s", out), out
+
+
+def test_train_step_profile_prints_one_step_of_the_first_variant(capsys):
+    results = _load("train_step").main(["--tiny", "--warmup", "1", "--steps", "1", "--stages", "2", "--no-plain",
+                                        "--attn", "sdpa", "--profile"])
+    out = capsys.readouterr().out
+    assert len(results[0].times) == 1  # the profiled step is not timed
+    assert re.search(r"^  sdpa stage 2, one step: profile: \d+ op calls, \d+\.\d ms in all$", out, re.M), out

@@ -16,6 +16,7 @@ the backend:
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -67,15 +68,24 @@ def document_offsets(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([idx, idx.new_tensor([B * T])]).to(torch.int32)
 
 
-@torch.compiler.disable  # one kernel either way; kept out of compiled decoder layers, whose graphs split here
-def _flash_varlen(q, k, v, offsets, max_len: int, scale: float) -> torch.Tensor:
-    """torch.nn.attention.varlen.varlen_attn, causal, across the torch versions that spell it
-    differently (2.9-2.11: `is_causal`; later: `window_size=(-1, 0)`, plus `scale`)."""
+@functools.cache
+def _varlen_signature() -> tuple[dict, bool]:
+    """(causal keyword, takes `scale`) of this torch's varlen_attn: 2.9-2.11 spell causal `is_causal`
+    and have no `scale`; later versions use `window_size=(-1, 0)`. Read once, not per layer call."""
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
-    kw = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-    if "scale" in params:
+    return ({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}), "scale" in params
+
+
+@torch.compiler.disable  # one kernel either way; kept out of compiled decoder layers, whose graphs split here
+def _flash_varlen(q, k, v, offsets, max_len: int, scale: float) -> torch.Tensor:
+    """torch.nn.attention.varlen.varlen_attn, causal, in whichever spelling this torch has."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    causal, takes_scale = _varlen_signature()
+    kw = dict(causal)
+    if takes_scale:
         kw["scale"] = scale
     elif abs(scale * q.shape[-1] ** 0.5 - 1.0) > 1e-6:  # the kernel's fixed 1/sqrt(head_dim)
         q = q * (scale * q.shape[-1] ** 0.5)

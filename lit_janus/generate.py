@@ -350,11 +350,11 @@ class StaticDecoder:
     def compiled(self) -> bool:
         return self.kernels is not EAGER
 
-    def _refresh_weights(self) -> None:
+    def _refresh_weights(self, dtype: torch.dtype) -> None:
         """Concatenated weights from the model's current values (same buffers if nothing moved)."""
         layers = self.model.llm.layers[: self.model.llm.config.num_hidden_layers]
         old = self._weights or [None] * len(layers)
-        self._weights = [layer_weights(layer, w, self._dtype()) for layer, w in zip(layers, old)]
+        self._weights = [layer_weights(layer, w, dtype) for layer, w in zip(layers, old)]
 
     def _dtype(self) -> torch.dtype:
         dt = self.device.type
@@ -365,13 +365,14 @@ class StaticDecoder:
     # ---- state ----------------------------------------------------------------------------
     def _prepare(self, mode: str, n_seq: int, rows_per_seq: int, capacity: int, n_out: int) -> int:
         """Make sure state fits; returns the number of sequences allocated (>= n_seq)."""
+        dtype = self._dtype()
         wid = (self.model.llm.layers[0].self_attn.q_proj.weight.data_ptr(), self.model.lm_head.weight.data_ptr(),
-               self.model.gen_head.vision_head.weight.data_ptr(), self._dtype())
+               self.model.gen_head.vision_head.weight.data_ptr(), dtype)
         if wid != self._weights_id:
             self._graphs.clear()
             self._weights = None  # new parameters (or dtype): new concatenated copies
             self._weights_id = wid
-        self._refresh_weights()
+        self._refresh_weights(dtype)
         s = self.state
         reuse = (
             s is not None and s.mode == mode and s.out.shape[1] == n_out and s.cache.capacity >= capacity

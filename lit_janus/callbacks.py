@@ -2,10 +2,13 @@
 
 `SampleImages` renders images for fixed prompts every N optimizer steps and logs them to
 TensorBoard, so a run shows what the generation head has learnt, not only its loss.
+`StepTimes` says where a training step's wall time goes: the data, the step's own code, the GPU.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from contextlib import contextmanager
 
 import torch
@@ -107,3 +110,59 @@ class SampleImages(Callback):
                         exp.add_text(f"samples/{i:02d}/prompt", prompt, step)
                 exp.flush()
         self._prompts_logged = True
+
+
+class StepTimes(Callback):
+    """Where each training step's wall time goes, summarised at the end of `fit` (`summary()`,
+    also logged to the logger as `time/*_ms`).
+
+    - `period_ms`: from one batch's start to the next one's (what a step costs).
+    - `data_ms`: from a batch's end to the next one's start: fetching the batch from the loader
+      (waiting for its workers), packing it (`on_before_batch_transfer`) and copying it to the device.
+    - `step_ms`: from a batch's start to its end: forward, backward and optimizer, as launched by
+      the Python process (the GPU may still be working when it returns).
+    - `gpu_backlog_ms` (every `sync_every` steps, CUDA only): how long `cuda.synchronize()` waits
+      at a batch's end. Near 0: the GPU waits for the Python process (launch- or data-bound, make
+      steps bigger or fewer); large: the GPU is the bottleneck. Synchronising only sampled steps
+      leaves the others' CPU/GPU overlap alone.
+    Medians over the steps after the first `skip` (compilation, worker start-up)."""
+
+    def __init__(self, sync_every: int = 20, skip: int = 5):
+        self.sync_every, self.skip = sync_every, skip
+        self.times: dict[str, list[float]] = {}
+        self._start = self._end = None
+        self._step = 0
+
+    def _add(self, key: str, seconds: float) -> None:
+        if self._step > self.skip:
+            self.times.setdefault(key, []).append(1e3 * seconds)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._start is not None:
+            self._add("period_ms", now - self._start)
+        if self._end is not None:
+            self._add("data_ms", now - self._end)
+        self._start = now
+        self._step += 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self._add("step_ms", now - self._start)
+        if self.sync_every and self._step % self.sync_every == 0 and pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+            self._add("gpu_backlog_ms", time.perf_counter() - now)
+        self._end = time.perf_counter()
+
+    def summary(self) -> dict[str, float]:
+        """Median milliseconds per key, and `steps` (how many steps the medians cover)."""
+        out = {k: round(statistics.median(v), 2) for k, v in self.times.items() if v}
+        if "period_ms" in self.times:
+            out["steps"] = len(self.times["period_ms"])
+        return out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        summary = self.summary()
+        if trainer.logger is not None and summary:
+            trainer.logger.log_metrics({f"time/{k}": v for k, v in summary.items() if k != "steps"},
+                                       step=trainer.global_step)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lit_janus.batch import IGNORE, TASK_ID, fill_codes
+from lit_janus.batch import IGNORE, TASK_ID, Sample, collate, fill_codes, first_fit
 from lit_janus.data import (
     BadSampleError, ClassFolderSource, JsonlSource, ShapesSource, StreamingSource, TaskRatio, TaskStream, merge,
     task_batch_sizes,
@@ -311,6 +311,52 @@ def test_merge_packs_documents_apart_and_counts_tasks(tmp_path, tiny_processor):
     for s in samples:
         assert any(torch.equal(ids, s.input_ids) and torch.equal(tl, s.text_labels) and torch.equal(gl, s.gen_labels)
                    and task == TASK_ID[s.task] for ids, tl, gl, task in docs)
+
+
+def test_first_fit_matches_the_plain_scan_over_every_row():
+    import random
+
+    def plain(lengths, pack):  # first fit over all rows, the definition
+        rows, room = [], []
+        for i, n in enumerate(lengths):
+            j = next((j for j, free in enumerate(room) if n <= free), None)
+            if j is None:
+                rows.append([]), room.append(pack)
+                j = len(rows) - 1
+            rows[j].append(i)
+            room[j] -= n
+        return rows
+
+    rng = random.Random(0)
+    for _ in range(300):
+        pack = rng.choice([16, 64, 256])
+        lengths = [rng.randint(1, pack) for _ in range(rng.randint(1, 80))]
+        assert first_fit(lengths, pack) == plain(lengths, pack)
+
+
+def _sample(n, task, start=0):
+    ids = torch.arange(start, start + n)
+    return Sample(ids, ids + 1000, torch.full((n,), IGNORE) if task != "t2i" else ids % 7, ids % 3 == 0 if task == "t2i"
+                  else torch.zeros(n, dtype=torch.bool), ids % 5 == 0 if task == "und" else torch.zeros(n, dtype=torch.bool),
+                  task)
+
+
+def test_collate_positions_pads_and_row_order():
+    samples = [_sample(5, "und"), _sample(7, "text", 100), _sample(4, "t2i", 200), _sample(3, "text", 300)]
+    packed = collate(samples, pad_id=-1, pack_length=10)
+    # first fit: [5, 4] (room 1), [7, 3]
+    assert packed["input_ids"].tolist() == [[0, 1, 2, 3, 4, 200, 201, 202, 203, -1],
+                                            [100, 101, 102, 103, 104, 105, 106, 300, 301, 302]]
+    # positions restart per document; the pad continues the row's last document
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]]
+    assert packed["task_ids"].tolist() == [[1] * 5 + [3] * 4 + [0], [2] * 10]
+    assert packed["text_labels"][0, :5].tolist() == [1000, 1001, 1002, 1003, 1004] and packed["text_labels"][0, 9] == IGNORE
+    assert packed["gen_mask"][0].tolist() == [False] * 5 + [False, True, False, False, False]
+    padded = collate(samples, pad_id=-1)  # one sample per row, right-padded to the longest
+    assert padded["input_ids"].shape == (4, 7) and padded["input_ids"][2].tolist() == [200, 201, 202, 203, -1, -1, -1]
+    assert padded["position_ids"][2].tolist() == list(range(7)) and padded["gen_labels"].dtype == torch.long
+    with pytest.raises(ValueError, match="does not fit pack_length=6"):
+        collate(samples, pad_id=-1, pack_length=6)
 
 
 def test_t2i_images_are_encoded_on_the_fly(tmp_path, tiny_processor):

@@ -218,3 +218,41 @@ def test_sample_images_callback_logs_to_tensorboard(tmp_path, tiny_model, tiny_p
     images = cb.sample(trainer, module)
     assert [tuple(i.shape) for i in images] == [(2, 32, 32, 3)] * 2
     assert module.model.training and module.model.llm.training and not module.model.vision.training
+
+
+def test_step_times_splits_data_wait_from_the_step():
+    import time
+
+    import lightning as L
+
+    from lit_janus.callbacks import StepTimes
+
+    class SlowData(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            time.sleep(0.03)  # the loader's share of each step
+            return torch.zeros(1)
+
+    class SlowStep(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(0.06)  # the step's share
+            return (self.w * batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    cb = StepTimes(skip=2)
+    trainer = L.Trainer(max_steps=10, logger=False, callbacks=[cb], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(SlowStep(), torch.utils.data.DataLoader(SlowData(), batch_size=1))
+    t = cb.summary()
+    assert t["steps"] == 7 and "gpu_backlog_ms" not in t  # steps 4-10 have a previous one; no CUDA here
+    # the sleeps are lower bounds; the upper ones leave room for a busy machine
+    assert 29 <= t["data_ms"] < 90 and 59 <= t["step_ms"] < 150 and t["step_ms"] > t["data_ms"]
+    assert t["period_ms"] == pytest.approx(t["data_ms"] + t["step_ms"], abs=20)

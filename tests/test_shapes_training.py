@@ -140,6 +140,20 @@ def test_siglip_module_init_and_improves_its_loss():
     assert torch.isfinite(m.step(dup, "train"))
 
 
+def test_word_tokenizer_pads_caches_and_refuses_unknown_words():
+    from lit_janus.shapes.siglip import WordTokenizer
+
+    tok = WordTokenizer()
+    ids = tok(["a red circle", "a red circle and a blue square", "a red circle"])
+    assert ids.shape == (3, 7) and ids.dtype == torch.long
+    assert torch.equal(ids[0], ids[2]) and ids[0, 3:].eq(0).all() and ids[1].ne(0).all()
+    assert [tok.words[i] for i in ids[0, :3]] == ["a", "red", "circle"]
+    assert torch.equal(tok(["a red circle"], max_length=2), ids[:1, :2])
+    assert len(tok._cache) == 2  # repeated captions are split once
+    with pytest.raises(ValueError, match="outside ShapesWorld's vocabulary"):
+        tok(["a zebra circle"])
+
+
 def test_hard_negatives_differ_in_one_attribute_and_enter_the_loss_as_negatives():
     from lit_janus.shapes.siglip import SigLIPModule
     from lit_janus.shapes.vq_training import ShapesImages
@@ -369,7 +383,7 @@ def test_stage_configs_parse_with_the_cli(tmp_path):
     cli = main(["--config", str(ROOT / "configs/shapes/stage2.yaml"), "--config", str(ROOT / "configs/shapes/gpu.yaml"),
                 "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--model.init_args.init_from",
                 str(init), *common], run=False)
-    assert cli.datamodule.global_batch_size == 128
+    assert cli.datamodule.global_batch_size == 256
 
 
 def _micro_spec(tmp_path, stages=True):

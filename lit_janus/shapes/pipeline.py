@@ -150,6 +150,7 @@ class Pipeline:
         self.checkpoints: dict[str, str] = {}
         self.rows: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
+        self.step_times: dict[str, dict[str, float]] = {}
         self.extra: dict[str, Any] = {}
         self._tb = None
         self.t0 = time.perf_counter()
@@ -165,7 +166,8 @@ class Pipeline:
     def _callbacks(self, stage: StageSpec, eval_callback: bool) -> list[dict]:
         cbs = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                 "init_args": {"dirpath": str(self.out / stage.name / "checkpoints"), "save_last": True,
-                              "save_top_k": 0}}]
+                              "save_top_k": 0}},
+               {"class_path": "lit_janus.callbacks.StepTimes"}]
         if eval_callback:
             cbs.append({"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
                         "init_args": {"logging_interval": "step"}})
@@ -222,6 +224,12 @@ class Pipeline:
             raise RuntimeError(f"{stage.name} wrote no last checkpoint")
         self.checkpoints[stage.name] = ckpt
         self.log(f"[{self.elapsed()}] {stage.name}: done in {self.timings[stage.name]:.0f}s -> {ckpt}")
+        from lit_janus.callbacks import StepTimes
+
+        times = next((cb.summary() for cb in cli.trainer.callbacks if isinstance(cb, StepTimes)), {})
+        if times:
+            self.step_times[stage.name] = times
+            self.log(f"[{self.elapsed()}] {stage.name}: per step (median ms) " + _step_times_line(times))
         return cli
 
     # ---- stage 0 + assemble -----------------------------------------------------------------
@@ -379,7 +387,7 @@ class Pipeline:
         total = time.perf_counter() - self.t0
         hardware = _hardware()
         data = {"pipeline": self.spec.name, "description": self.spec.description, "rows": self.rows,
-                "timings_s": self.timings, "total_s": total, "hardware": hardware,
+                "timings_s": self.timings, "step_times_ms": self.step_times, "total_s": total, "hardware": hardware,
                 "command": " ".join(["python -m lit_janus.shapes.pipeline", *sys.argv[1:]]),
                 "checkpoints": self.checkpoints, **self.extra}
         (self.out / "results.json").write_text(json.dumps(data, indent=2, default=str))
@@ -433,6 +441,10 @@ class Pipeline:
                       + (", then the held-out colors / color_attr" if spec.n_heldout else "") + "):", ""]
             lines += [f"- {r['label']}: ![{r['name']}](samples/{r['name']}.png)" for r in self.rows
                       if (self.out / "samples" / f"{r['name']}.png").is_file()]
+        if self.step_times:
+            lines += ["", "Milliseconds per training step (medians; `lit_janus.callbacks.StepTimes`: period = data + "
+                          "step; gpu backlog near 0 means the GPU waits for Python):", ""]
+            lines += [f"- {name}: " + _step_times_line(t) for name, t in self.step_times.items()]
         (self.out / "results.md").write_text("\n".join(lines) + "\n")
 
     # ---- the whole run --------------------------------------------------------------------------
@@ -488,6 +500,12 @@ class Pipeline:
         for r in self.rows[-2:]:
             self.log(self._row_line(r))
         self.write_results()
+
+
+def _step_times_line(times: dict[str, float]) -> str:
+    names = {"period_ms": "period", "data_ms": "data", "step_ms": "step", "gpu_backlog_ms": "gpu backlog"}
+    return ", ".join(f"{label} {times[k]:.1f}" for k, label in names.items() if k in times) + \
+        f" ({times.get('steps', 0)} steps)"
 
 
 def _hardware() -> str:

@@ -504,8 +504,8 @@ class Pipeline:
 
 def _step_times_line(times: dict[str, float]) -> str:
     names = {"period_ms": "period", "data_ms": "data", "step_ms": "step", "gpu_backlog_ms": "gpu backlog"}
-    return ", ".join(f"{label} {times[k]:.1f}" for k, label in names.items() if k in times) + \
-        f" ({times.get('steps', 0)} steps)"
+    parts = [f"{label} {times[k]:.1f}" for k, label in names.items() if k in times]
+    return ", ".join(parts) + f" ({times.get('steps', 0)} steps)"
 
 
 def _hardware() -> str:

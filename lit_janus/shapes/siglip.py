@@ -63,7 +63,7 @@ class WordTokenizer:
                 unknown = [w for w in words if w not in self.ids]
                 if unknown:
                     raise ValueError(f"words outside ShapesWorld's vocabulary: {unknown}")
-                if len(self._cache) > 500_000:  # scene captions repeat often; bound the memory anyway
+                if len(self._cache) > 500_000:  # captions are combinatorial: bound the memory
                     self._cache.clear()
                 row = self._cache[t] = [self.ids[w] for w in words]
             rows.append(row[:max_length])

@@ -7,7 +7,8 @@
 #                                            #          (7B per-rank shard) (~6 min)
 #   bash benchmarks/gpu_checks.sh flex       # issue 7: ours with flex attention for the LLM (~4 min)
 #   bash benchmarks/gpu_checks.sh shapes     # issue 5: the ShapesWorld main line, --preset full --no-ablations, then probes
-#   bash benchmarks/gpu_checks.sh shapes_timing  # issue 5: ms per step of each run (200 steps each) + Stage II at 4x batch (~4 min)
+#   bash benchmarks/gpu_checks.sh shapes_timing  # issue 5: ms per step of each run (60 steps each), then Stage II
+#                                                #          at batch 256 with and without compiled layers (~4 min)
 # Several groups run in order: `bash benchmarks/gpu_checks.sh sampling flex`. Output also goes to $OUT
 # (or /tmp) as <group>*.txt, line by line, so a run cut off by a time limit still returns what finished.
 # Packages the device image lacks (jsonargparse, for the CLI) travel as wheels in .whl/: run
@@ -61,19 +62,21 @@ for group in "${@:-sampling}"; do
                 [ -e "$ck" ] && run "shapes_probe_$st" 25 -m lit_janus.shapes.probe "$ck" --scenes 600
             done ;;
         shapes_timing)
-            # where a ShapesWorld step's time goes on this card (StepTimes: data / step / GPU backlog), every run
-            # of the full preset cut to 200 steps; then Stage II at 4x the batch from the same Stage I checkpoint
-            # (is a bigger batch nearly free, i.e. are these tiny steps launch-bound?)
-            run shapes_timing 140 -m lit_janus.shapes.pipeline --preset full --no-ablations --smoke 200 --out /tmp/shapes_timing
+            # where a ShapesWorld step's time goes on this card (StepTimes: data / step / GPU backlog): every run of
+            # the full preset cut to 60 steps, then Stage II at full.yaml's batch (256) for 150 steps from that
+            # Stage I checkpoint, plain and with compiled decoder layers (the 4-layer LLM is ~40% of the operators)
+            run shapes_timing 100 -m lit_janus.shapes.pipeline --preset full --no-ablations --smoke 60 --out /tmp/shapes_timing
             [ -e /tmp/shapes_timing/results.md ] && cp /tmp/shapes_timing/results.md "$out/shapes_timing.md"
-            [ -e /tmp/shapes_timing/stage1/checkpoints/last.ckpt ] && run shapes_timing_b512 50 -c "
-import sys
+            for compiled in false true; do
+                [ -e /tmp/shapes_timing/stage1/checkpoints/last.ckpt ] && run "shapes_timing_compile_$compiled" 90 -c "
 from lit_janus.callbacks import StepTimes
 from lit_janus.cli import main
 cli = main(['fit', '--config', 'configs/shapes/stage2.yaml', '--config', '/tmp/shapes_timing/stage2/overlay.yaml',
-            '--data.init_args.global_batch_size', '512', '--trainer.max_steps', '100', '--trainer.logger', 'false',
-            '--trainer.enable_checkpointing', 'false', '--trainer.callbacks', '[{class_path: lit_janus.callbacks.StepTimes}]'])
-print('stage2 at global batch 512:', [cb.summary() for cb in cli.trainer.callbacks if isinstance(cb, StepTimes)])" ;;
+            '--data.init_args.global_batch_size', '256', '--trainer.max_steps', '150', '--trainer.logger', 'false',
+            '--model.init_args.compile', '$compiled', '--trainer.enable_checkpointing', 'false',
+            '--trainer.callbacks', '[{class_path: lit_janus.callbacks.StepTimes, init_args: {skip: 20}}]'])
+print('stage2 at batch 256, compile=$compiled:', [cb.summary() for cb in cli.trainer.callbacks if isinstance(cb, StepTimes)])"
+            done ;;
         *)
             echo "unknown group $group (sampling, exact, training, flex, shapes, shapes_timing)"; exit 2 ;;
     esac

@@ -113,29 +113,39 @@ class SampleImages(Callback):
 
 
 class StepTimes(Callback):
-    """Where each training step's wall time goes, summarised at the end of `fit` (`summary()`,
-    also logged to the logger as `time/*_ms`).
+    """Where each training step's wall time goes: medians logged every `log_every_n_steps` over the
+    steps since the last log (`time/*_ms` in TensorBoard), and over the whole run at the end of
+    `fit` (`summary()`; the ShapesWorld pipeline prints it per run).
 
     - `period_ms`: from one batch's start to the next one's (what a step costs).
     - `data_ms`: from a batch's end to the next one's start: fetching the batch from the loader
-      (waiting for its workers), packing it (`on_before_batch_transfer`) and copying it to the device.
+      (waiting for its workers), packing it (`on_before_batch_transfer`), copying it to the device,
+      and the loop's own bookkeeping between steps.
     - `step_ms`: from a batch's start to its end: forward, backward and optimizer, as launched by
       the Python process (the GPU may still be working when it returns).
     - `gpu_backlog_ms` (every `sync_every` steps, CUDA only): how long `cuda.synchronize()` waits
       at a batch's end. Near 0: the GPU waits for the Python process (launch- or data-bound, make
       steps bigger or fewer); large: the GPU is the bottleneck. Synchronising only sampled steps
       leaves the others' CPU/GPU overlap alone.
-    Medians over the steps after the first `skip` (compilation, worker start-up)."""
+    The first `skip` steps (compilation, worker start-up) are left out."""
 
-    def __init__(self, sync_every: int = 20, skip: int = 5):
-        self.sync_every, self.skip = sync_every, skip
-        self.times: dict[str, list[float]] = {}
+    def __init__(self, sync_every: int = 20, skip: int = 5, log_every_n_steps: int | None = None):
+        """
+        Args:
+            sync_every: synchronise CUDA at the end of every this many steps to measure the GPU backlog (0: never).
+            skip: steps left out at the start.
+            log_every_n_steps: log the window's medians this often (default: the trainer's `log_every_n_steps`).
+        """
+        self.sync_every, self.skip, self.log_every_n_steps = sync_every, skip, log_every_n_steps
+        self.times: dict[str, list[float]] = {}  # the whole run
+        self.window: dict[str, list[float]] = {}  # since the last log
         self._start = self._end = None
         self._step = 0
 
     def _add(self, key: str, seconds: float) -> None:
         if self._step > self.skip:
-            self.times.setdefault(key, []).append(1e3 * seconds)
+            for store in (self.times, self.window):
+                store.setdefault(key, []).append(1e3 * seconds)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         now = time.perf_counter()
@@ -152,17 +162,21 @@ class StepTimes(Callback):
         if self.sync_every and self._step % self.sync_every == 0 and pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
             self._add("gpu_backlog_ms", time.perf_counter() - now)
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        if every and self._step % every == 0 and trainer.logger is not None:
+            window, self.window = _medians(self.window), {}
+            if window.get("steps"):
+                trainer.logger.log_metrics({f"time/{k}": v for k, v in window.items() if k != "steps"},
+                                           step=trainer.global_step)
         self._end = time.perf_counter()
 
     def summary(self) -> dict[str, float]:
-        """Median milliseconds per key, and `steps` (how many steps the medians cover)."""
-        out = {k: round(statistics.median(v), 2) for k, v in self.times.items() if v}
-        if "period_ms" in self.times:
-            out["steps"] = len(self.times["period_ms"])
-        return out
+        """Median milliseconds per key over the run, and `steps` (how many steps they cover)."""
+        return _medians(self.times)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        summary = self.summary()
-        if trainer.logger is not None and summary:
-            trainer.logger.log_metrics({f"time/{k}": v for k, v in summary.items() if k != "steps"},
-                                       step=trainer.global_step)
+
+def _medians(times: dict[str, list[float]]) -> dict[str, float]:
+    out = {k: round(statistics.median(v), 2) for k, v in times.items() if v}
+    if times.get("period_ms"):
+        out["steps"] = len(times["period_ms"])
+    return out

@@ -247,12 +247,29 @@ def test_step_times_splits_data_wait_from_the_step():
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.0)
 
-    cb = StepTimes(skip=2)
-    trainer = L.Trainer(max_steps=10, logger=False, callbacks=[cb], enable_checkpointing=False,
+    from lightning.pytorch.loggers import Logger
+
+    class Recorder(Logger):
+        name, version = "recorder", 0
+        logged: list = []
+
+        def log_hyperparams(self, params):
+            pass
+
+        def log_metrics(self, metrics, step=None):
+            self.logged.append((step, dict(metrics)))
+
+    cb = StepTimes(skip=2, log_every_n_steps=4)
+    trainer = L.Trainer(max_steps=10, logger=Recorder(), callbacks=[cb], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(SlowStep(), torch.utils.data.DataLoader(SlowData(), batch_size=1))
     t = cb.summary()
     assert t["steps"] == 7 and "gpu_backlog_ms" not in t  # steps 4-10 have a previous one; no CUDA here
+    windows = [(step, m) for step, m in Recorder.logged if any(k.startswith("time/") for k in m)]
+    # logged after steps 4 and 8, each over the steps since the last log (step 3 is the first measured)
+    assert [step for step, _ in windows] == [4, 8]
+    assert set(windows[0][1]) == {"time/period_ms", "time/data_ms", "time/step_ms"}
+    assert all(25 <= m["time/data_ms"] < 90 for _, m in windows)
     # the sleeps are lower bounds; the upper ones leave room for a busy machine
     assert 29 <= t["data_ms"] < 90 and 59 <= t["step_ms"] < 150 and t["step_ms"] > t["data_ms"]
     assert t["period_ms"] == pytest.approx(t["data_ms"] + t["step_ms"], abs=20)

@@ -114,8 +114,8 @@ class SampleImages(Callback):
 
 class StepTimes(Callback):
     """Where each training step's wall time goes: medians logged every `log_every_n_steps` over the
-    steps since the last log (`time/*_ms` in TensorBoard), and over the whole run at the end of
-    `fit` (`summary()`; the ShapesWorld pipeline prints it per run).
+    steps since the last log (`time/*_ms` in TensorBoard), and over the whole run from `summary()`
+    (the ShapesWorld pipeline prints that per run).
 
     - `period_ms`: from one batch's start to the next one's (what a step costs).
     - `data_ms`: from a batch's end to the next one's start: fetching the batch from the loader

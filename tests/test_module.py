@@ -97,6 +97,24 @@ def test_logs_three_losses_and_encodes_images_on_the_fly(tmp_path, tiny_hf_dir, 
         assert key in m and torch.isfinite(m[key]), key
 
 
+def test_step_metrics_are_logged_only_when_the_logger_writes(tmp_path, tiny_hf_dir, tiny_processor):
+    """Every `self.log` costs host time (and the counts a host sync): the per-task metrics are logged
+    at the steps Lightning writes (every log_every_n_steps) and at the last step, the loss at every step."""
+    module = _module(tiny_hf_dir, stage=2)
+    trainer = _trainer(tmp_path, max_steps=5, log_every_n_steps=3)
+    logged = []
+    log = module.log
+    module.log = lambda name, *a, **k: (logged.append((trainer.global_step, name)), log(name, *a, **k))[1]
+    trainer.fit(module, SyntheticData(tiny_processor, pixels=True))
+    per_step = {s: {n for t, n in logged if t == s} for s in range(5)}
+    for s in range(5):
+        assert "train/loss" in per_step[s]
+        full = s + 1 in (3, 5)  # Lightning's logging step (steps counted from 1), and the last one
+        for key in ("train/und_loss", "train/gen_acc", "train/grad_norm", "train/tokens_per_sec"):
+            assert (key in per_step[s]) == (full and (key != "train/tokens_per_sec" or s > 0)), (s, key)
+    assert "train/grad_norm" in trainer.callback_metrics
+
+
 def test_resume_gives_the_same_losses(tmp_path, tiny_hf_dir, tiny_processor):
     """4 uninterrupted steps vs 2 steps + checkpoint + resume for 2 more (model, AdamW and LR
     schedule state all restored). The synthetic data repeats one batch, so only state matters."""

@@ -21,7 +21,9 @@ from lit_janus.shapes.world import (
     Scene,
     ShapesWorld,
     clearly,
+    label_map,
     make_qa,
+    random_scene,
     render,
     split_words,
     vocabulary,
@@ -155,6 +157,28 @@ def test_render_sizes_and_flat_palette_colours(size):
     assert abs(frac(COLORS["red"]) - np.pi / 4) < 0.08 and abs(frac(COLORS["yellow"]) - 0.5) < 0.08
     assert abs((px == COLORS["blue"]).all(1).mean() / 0.18**2 - 1) < 0.15
     assert ShapesWorld(image_size=size, antialias=True).t2i_sample(0)["image"].size == (size, size)
+
+
+def test_label_map_marks_exactly_the_rendered_pixels_of_each_object():
+    rng = random.Random(3)
+    for _ in range(100):
+        scene = random_scene(rng)
+        rgb, labels = np.asarray(render(scene)), np.asarray(label_map(scene))
+        assert ((rgb != BACKGROUND).any(-1) == (labels > 0)).all()
+        for i, o in enumerate(scene.objects):  # each object's pixels carry its colour
+            assert (rgb[labels == i + 1] == COLORS[o.color]).all()
+
+
+def test_patch_symbols_name_the_object_under_each_patch():
+    from lit_janus.shapes.oracle_vqa import patch_symbols, vocabulary
+
+    scene = Scene([Obj("square", "red", "large", 0.25, 0.25), Obj("circle", "blue", "small", 0.75, 0.75)])
+    grid = np.array(patch_symbols(scene)).reshape(8, 8)
+    assert grid[2, 2] == "<red_square>" and grid[6, 6] == "<blue_circle>"  # (row, column) of each centre
+    assert grid[0, 7] == grid[7, 0] == "<bg>"
+    assert set(grid.ravel()) == {"<bg>", "<red_square>", "<blue_circle>"}
+    assert (grid == "<red_square>").sum() > (grid == "<blue_circle>").sum()
+    assert set(patch_symbols(scene)) <= set(vocabulary())
 
 
 def test_t2i_category_mix_is_uniform_by_default_and_configurable():

@@ -96,6 +96,20 @@ class Scene:
 # ----------------------------------------------------------------------------- rendering
 
 
+def _draw(draw: ImageDraw.ImageDraw, o: Obj, side: int, fill) -> None:
+    half = o.extent / 2
+    x0, y0 = round((o.x - half) * side), round((o.y - half) * side)
+    x1, y1 = round((o.x + half) * side) - 1, round((o.y + half) * side) - 1
+    if o.shape == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=fill)
+    elif o.shape == "square":
+        draw.rectangle([x0, y0, x1, y1], fill=fill)
+    elif o.shape == "triangle":  # apex up, base at the bottom: fills half its box
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {o.shape!r}")
+
+
 def render(scene: Scene, image_size: int = 64, antialias: bool = False) -> Image.Image:
     """Draw flat shapes; ``antialias`` draws at 4x and box-downsamples (softer edges, off-palette edge pixels)."""
     scale = 4 if antialias else 1
@@ -103,20 +117,18 @@ def render(scene: Scene, image_size: int = 64, antialias: bool = False) -> Image
     img = Image.new("RGB", (side, side), scene.background)
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        half = o.extent / 2
-        x0, y0 = round((o.x - half) * side), round((o.y - half) * side)
-        x1, y1 = round((o.x + half) * side) - 1, round((o.y + half) * side) - 1
-        fill = COLORS[o.color]
-        if o.shape == "circle":
-            draw.ellipse([x0, y0, x1, y1], fill=fill)
-        elif o.shape == "square":
-            draw.rectangle([x0, y0, x1, y1], fill=fill)
-        elif o.shape == "triangle":  # apex up, base at the bottom: fills half its box
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
-        else:
-            raise ValueError(f"unknown shape {o.shape!r}")
+        _draw(draw, o, side, COLORS[o.color])
     if antialias:
         img = img.resize((image_size, image_size), Image.Resampling.BOX)
+    return img
+
+
+def label_map(scene: Scene, image_size: int = 64) -> Image.Image:
+    """Which object each pixel of ``render(scene)`` shows: 0 background, i + 1 for ``scene.objects[i]`` (mode L)."""
+    img = Image.new("L", (image_size, image_size), 0)
+    draw = ImageDraw.Draw(img)
+    for i, o in enumerate(scene.objects):
+        _draw(draw, o, image_size, i + 1)
     return img
 
 

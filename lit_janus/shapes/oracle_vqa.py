@@ -101,7 +101,8 @@ class OracleLM(nn.Module):
         text.vocab_size = n_vocab
         self.lm = LlamaForCausalLM(text)
         self.grid = grid
-        self.pos2d = nn.Parameter(torch.zeros(2, grid, config.n_embd)) if pos2d else None
+        # distinct from the first step, like the token embeddings (a zero start leaves nothing to attend by)
+        self.pos2d = nn.Parameter(torch.randn(2, grid, config.n_embd) * text.initializer_range) if pos2d else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.lm.model.embed_tokens(x)

@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_checks.sh shapes_timing  # issue 5: ms per step of each run (60 steps each), then Stage II
 #                                                #          at batch 256 with and without compiled layers (~4 min)
 #   bash benchmarks/gpu_checks.sh oracle     # issue 5: does the shapes LLM ever learn position questions from perfect
-#                                            #          image tokens? 512k questions, with row/column embeddings (~5 min)
+#                                            #          image tokens? 512k questions, with row/column embeddings (~3 min)
 # Several groups run in order: `bash benchmarks/gpu_checks.sh sampling flex`. Output also goes to $OUT
 # (or /tmp) as <group>*.txt, line by line, so a run cut off by a time limit still returns what finished.
 # Packages the device image lacks (jsonargparse, for the CLI) travel as wheels in .whl/: run
@@ -81,7 +81,7 @@ print('stage2 at batch 256, compile=$compiled:', [cb.summary() for cb in cli.tra
             done ;;
         oracle)
             # CPU runs stayed at chance through 96k questions (configs/shapes/README.md, "VQA from perfect image
-            # tokens"); the GPU preset's Stage II asks ~70k. Scene drawing on the host (~0.5 ms a question) bounds it.
+            # tokens"); the GPU preset's Stage II asks ~70k. Scene drawing on the host (~0.25 ms a question on the 2-core EPYC) bounds it.
             run oracle_position 330 -m lit_janus.shapes.oracle_vqa --types position --pos2d --steps 4000 --batch 128 \
                 --eval-every 500 --out "$out/oracle_position.json" ;;
         *)

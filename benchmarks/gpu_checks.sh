@@ -81,7 +81,8 @@ print('stage2 at batch 256, compile=$compiled:', [cb.summary() for cb in cli.tra
             done ;;
         oracle)
             # CPU runs stayed at chance through 96k questions (configs/shapes/README.md, "VQA from perfect image
-            # tokens"); the GPU preset's Stage II asks ~70k. Scene drawing on the host (~0.25 ms a question on the 2-core EPYC) bounds it.
+            # tokens"); the GPU preset's Stage II asks ~70k. Drawing scenes on the host bounds it (~0.25 ms a
+            # question on the 2-core EPYC).
             run oracle_position 330 -m lit_janus.shapes.oracle_vqa --types position --pos2d --steps 4000 --batch 128 \
                 --eval-every 500 --out "$out/oracle_position.json" ;;
         *)

@@ -251,7 +251,10 @@ def test_step_times_splits_data_wait_from_the_step():
 
     class Recorder(Logger):
         name, version = "recorder", 0
-        logged: list = []
+
+        def __init__(self):
+            super().__init__()
+            self.logged = []
 
         def log_hyperparams(self, params):
             pass
@@ -260,12 +263,13 @@ def test_step_times_splits_data_wait_from_the_step():
             self.logged.append((step, dict(metrics)))
 
     cb = StepTimes(skip=2, log_every_n_steps=4)
-    trainer = L.Trainer(max_steps=10, logger=Recorder(), callbacks=[cb], enable_checkpointing=False,
+    recorder = Recorder()
+    trainer = L.Trainer(max_steps=10, logger=recorder, callbacks=[cb], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(SlowStep(), torch.utils.data.DataLoader(SlowData(), batch_size=1))
     t = cb.summary()
     assert t["steps"] == 7 and "gpu_backlog_ms" not in t  # steps 4-10 have a previous one; no CUDA here
-    windows = [(step, m) for step, m in Recorder.logged if any(k.startswith("time/") for k in m)]
+    windows = [(step, m) for step, m in recorder.logged if any(k.startswith("time/") for k in m)]
     # logged after steps 4 and 8, each over the steps since the last log (step 3 is the first measured)
     assert [step for step, _ in windows] == [4, 8]
     assert set(windows[0][1]) == {"time/period_ms", "time/data_ms", "time/step_ms"}

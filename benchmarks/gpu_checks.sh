@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_checks.sh shapes_timing  # issue 5: ms per step of each run (60 steps each), then Stage II
 #                                                #          at batch 256 with and without compiled layers (~4 min)
 #   bash benchmarks/gpu_checks.sh oracle     # issue 5: does the shapes LLM ever learn position questions from perfect
-#                                            #          image tokens? 512k questions, with row/column embeddings (~3 min)
+#                                            #          image tokens? ~1.5M questions, with row/column embeddings (~5 min)
 # Several groups run in order: `bash benchmarks/gpu_checks.sh sampling flex`. Output also goes to $OUT
 # (or /tmp) as <group>*.txt, line by line, so a run cut off by a time limit still returns what finished.
 # Packages the device image lacks (jsonargparse, for the CLI) travel as wheels in .whl/: run
@@ -80,11 +80,11 @@ cli = main(['fit', '--config', 'configs/shapes/stage2.yaml', '--config', '/tmp/s
 print('stage2 at batch 256, compile=$compiled:', [cb.summary() for cb in cli.trainer.callbacks if isinstance(cb, StepTimes)])"
             done ;;
         oracle)
-            # CPU runs stayed at chance through 96k questions (configs/shapes/README.md, "VQA from perfect image
-            # tokens"); the GPU preset's Stage II asks ~70k. Drawing scenes on the host bounds it (~0.25 ms a
-            # question on the 2-core EPYC).
-            run oracle_position 330 -m lit_janus.shapes.oracle_vqa --types position --pos2d --steps 4000 --batch 128 \
-                --eval-every 500 --out "$out/oracle_position.json" ;;
+            # CPU runs stayed at chance through 96k single questions and 242k in 8-turn conversations (configs/shapes/
+            # README.md, "VQA from perfect image tokens"). Here ~1.5M: 2000 steps x 128 scenes x ~6 distinct
+            # questions. Drawing scenes on the host bounds it (~0.1 s a step on the 2-core EPYC).
+            run oracle_position 330 -m lit_janus.shapes.oracle_vqa --types position --pos2d --turns 8 --steps 2000 \
+                --batch 128 --eval-every 250 --out "$out/oracle_position.json" ;;
         *)
             echo "unknown group $group (sampling, exact, training, flex, shapes, shapes_timing, oracle)"; exit 2 ;;
     esac

@@ -181,6 +181,32 @@ def test_patch_symbols_name_the_object_under_each_patch():
     assert set(patch_symbols(scene)) <= set(vocabulary())
 
 
+
+def test_oracle_examples_supervise_every_turn_with_the_worlds_answers():
+    """Multi-turn oracle draws: distinct questions about one scene, and labels on each turn's answer
+    words and end token, nowhere else."""
+    from lit_janus.shapes.oracle_vqa import Examples, vocabulary
+
+    words = vocabulary()
+    one, many = Examples(("position", "color"), seed=3), Examples(("position", "color"), seed=3, turns=4)
+    x, y, drawn = many.batch(16)
+    assert max((len(parts) + 1) // 2 for _, parts, _ in drawn) == 4  # some scenes answer four distinct questions
+    for r, (prompt, parts, _) in enumerate(drawn):
+        text = " ".join(words[i] for i in x[r].tolist()).replace(" <pad>", "")
+        turns = [t.strip() for t in text.split("<eos>") if t.strip()]
+        questions = [t.split(" <answer> ")[0].split("> ")[-1] for t in turns]  # the image symbols come first
+        assert len(turns) == (len(parts) + 1) // 2 and len(set(questions)) == len(questions)
+        supervised = [words[i] for i in y[r].tolist() if i >= 0]
+        assert supervised == [w for t in turns for w in (t.split(" <answer> ")[1].split() + ["<eos>"])]
+        assert supervised[0] in {"left", "right", "above", "below", *COLORS}
+    # one turn is the one-question format: the first turn of each multi-turn draw is laid out the same
+    x1, y1, drawn1 = one.batch(4)
+    for r, (prompt, parts, _) in enumerate(drawn1):
+        assert len(parts) == 1 and (y1[r] >= 0).sum() == len(parts[0])
+        assert x1[r, len(prompt) - 1] == one.ids["<answer>"] and y1[r, len(prompt) - 1] == parts[0][0]
+    with pytest.raises(ValueError, match="turns"):
+        Examples(("color",), seed=0, turns=0)
+
 def test_t2i_category_mix_is_uniform_by_default_and_configurable():
     tags = collections.Counter(ShapesWorld(seed=0).t2i_sample(i)["metadata"]["tag"] for i in range(1200))
     assert set(tags) == set(CATEGORIES) and all(120 <= n <= 280 for n in tags.values())
@@ -306,5 +332,14 @@ def test_qa_conversations_ask_distinct_true_questions_about_one_scene():
         assert [m["role"] for m in chat] == ["user", "assistant"] * len(questions)
     assert np.array_equal(np.asarray(w.qa_conversation(3, 4)["image"]), np.asarray(w.qa_sample(3)["image"]))
     assert "conversations" in ShapesSource("qa", turns=3)[0] and "question" in ShapesSource("qa")[0]
-    with pytest.raises(ValueError, match="turns must be 1-6"):
+    with pytest.raises(ValueError, match="turns must be 1-32"):
         ShapesSource("qa", turns=0)
+    # beyond one question per type: more distinct questions, of every type, the first six turns unchanged
+    types = collections.Counter()
+    for i in range(50):
+        chat, few = w.qa_conversation(i, turns=12)["conversations"], w.qa_conversation(i, turns=6)["conversations"]
+        questions = [m["content"] for m in chat[::2]]
+        assert chat[:len(few)] == few and len(set(questions)) == len(questions) <= 12
+        types.update(q.split()[0] + " " + q.split()[1] for q in questions[len(few) // 2:])
+    assert sum(len(w.qa_conversation(i, turns=12)["conversations"]) // 2 for i in range(50)) >= 50 * 9
+    assert {"is the", "how many", "is there"} <= set(types)

@@ -247,14 +247,15 @@ class ShapesSource(Source):
             seed: world seed.
             split: `heldout` draws t2i/class targets only from the held-out colour-shape combos.
             image_size: rendered image side in pixels.
-            turns: `qa` only: questions (of distinct types) per scene, as one multi-turn conversation.
+            turns: `qa` only: distinct questions per scene, as one multi-turn conversation (up to 6: one
+                per question type; more: further questions of random types).
         """
         from lit_janus.shapes import ShapesWorld
 
         if kind not in ("qa", "text", "t2i", "class"):
             raise ValueError(f"unknown ShapesWorld kind {kind!r}; choose qa, text, t2i or class")
-        if not 1 <= turns <= 6:
-            raise ValueError(f"turns must be 1-6 (one per question type), got {turns}")
+        if not 1 <= turns <= 32:
+            raise ValueError(f"turns must be 1-32 (distinct questions per scene), got {turns}")
         self.kind, self.length, self.turns = kind, length, turns
         self.world = ShapesWorld(seed=seed, image_size=image_size, split=split)
 

@@ -5,13 +5,15 @@ encoder can lift. Each patch of a scene becomes one symbol, the colour and shape
 covering most of it or background, so the LLM sees everything an ideal encoder could tell it.
 The 64 symbols stand where Janus puts the image tokens, before the question. Their position reaches
 the LLM only through RoPE, as in Janus. `--pos2d` adds learned row and column embeddings (an encoder
-that kept patch position perfectly); `--question-first` puts the question before the symbols. The
+that kept patch position perfectly); `--question-first` puts the question before the symbols;
+`--turns N` trains on N distinct questions per scene (a multi-turn conversation). The
 LLM is the `shapes` preset's (`--n-layer` / `--n-embd` to vary it), randomly initialised, trained
 with Stage II's optimiser on the chosen short-answer types. It is scored on fresh scenes (greedy
 first answer word, the word that decides every short answer).
 
     python -m lit_janus.shapes.oracle_vqa --types color --steps 500
     python -m lit_janus.shapes.oracle_vqa --types position --steps 1500 --pos2d --out runs/oracle_position.json
+    python -m lit_janus.shapes.oracle_vqa --types exists --turns 8 --steps 450
 
 What it found is in configs/shapes/README.md ("VQA from perfect image tokens").
 """
@@ -56,37 +58,66 @@ def vocabulary() -> list[str]:
 
 
 class Examples:
-    """Seeded (prompt ids, answer ids, question type) draws: scenes with 1-4 objects, one question each."""
+    """Seeded draws of (prompt ids, answer ids, question type): scenes with 1-4 objects.
 
-    def __init__(self, types: tuple[str, ...], seed: int, question_first: bool = False):
+    With `turns` > 1 each scene carries that many distinct questions, each followed by its answer
+    (a multi-turn conversation, as `ShapesSource(turns=...)` builds for the pipeline): more supervised
+    answers per scene. `batch` supervises every answer; `accuracy` scores the first.
+    """
+
+    def __init__(self, types: tuple[str, ...], seed: int, question_first: bool = False, turns: int = 1):
         unknown = set(types) - set(SHORT_TYPES)
         if unknown or not types:
             raise ValueError(f"types must be among {SHORT_TYPES}, got {types}")
-        self.types, self.rng, self.question_first = types, random.Random(seed), question_first
+        if turns < 1 or (turns > 1 and question_first):
+            raise ValueError(f"turns must be >= 1, and 1 with question_first; got {turns}")
+        self.types, self.rng, self.question_first, self.turns = types, random.Random(seed), question_first, turns
         self.ids = {t: i for i, t in enumerate(vocabulary())}
 
-    def draw(self) -> tuple[list[int], list[int], str]:
-        while True:
-            scene = W.random_scene(self.rng)
+    def _questions(self, scene: W.Scene) -> list[tuple[str, str, str]]:
+        """Up to `turns` distinct (question, answer, type) about `scene`; empty when it cannot answer one."""
+        qas: dict[str, tuple[str, str, str]] = {}
+        # one draw for one question (as before turns existed: the same data), else a few per wanted question
+        for _ in range(1 if self.turns == 1 else 4 * self.turns):
             try:
-                question, answer, qtype = W.make_qa(scene, self.rng, self.rng.choice(self.types))
-                break
-            except ValueError:  # this scene cannot answer that type unambiguously: draw another
+                q, a, t = W.make_qa(scene, self.rng, self.rng.choice(self.types))
+            except ValueError:  # this scene cannot answer that type unambiguously
                 continue
-        image = [self.ids[s] for s in patch_symbols(scene)]
-        words = [self.ids[w] for w in W.split_words(question)]
-        prompt = (words + image if self.question_first else image + words) + [self.ids["<answer>"]]
-        return prompt, [self.ids[w] for w in W.split_words(answer)] + [self.ids["<eos>"]], qtype
+            qas.setdefault(q, (q, a, t))
+            if len(qas) == self.turns:
+                break
+        return list(qas.values())
 
-    def batch(self, n: int, device=None) -> tuple[torch.Tensor, torch.Tensor, list[tuple[list[int], list[int], str]]]:
-        """Right-padded ids [n, T] and labels [n, T] (-100 except where the next token is an answer's)."""
+    def draw(self) -> tuple[list[int], list[list[int]], str]:
+        """(prompt ids up to the first `<answer>`, [answer ids + `<eos>`, then each later turn's question,
+        `<answer>`, answer, `<eos>`], the first question's type)."""
+        while not (qas := self._questions(scene := W.random_scene(self.rng))):
+            pass
+        image = [self.ids[s] for s in patch_symbols(scene)]
+        words = lambda text: [self.ids[w] for w in W.split_words(text)]  # noqa: E731
+        (question, answer, qtype), *more = qas
+        first = words(question)
+        prompt = (first + image if self.question_first else image + first) + [self.ids["<answer>"]]
+        parts = [words(answer) + [self.ids["<eos>"]]]
+        for q, a, _ in more:
+            parts += [words(q) + [self.ids["<answer>"]], words(a) + [self.ids["<eos>"]]]
+        return prompt, parts, qtype
+
+    def batch(self, n: int, device=None) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Right-padded ids [n, T], labels [n, T] (-100 except where the next token is an answer's) and
+        the `draw`s they hold."""
         drawn = [self.draw() for _ in range(n)]
-        T = max(len(p) + len(a) for p, a, _ in drawn)
+        T = max(len(p) + sum(map(len, parts)) for p, parts, _ in drawn)
         x = torch.zeros(n, T, dtype=torch.long)
         y = torch.full((n, T), -100, dtype=torch.long)
-        for r, (p, a, _) in enumerate(drawn):
-            x[r, :len(p) + len(a)] = torch.tensor(p + a)
-            y[r, len(p) - 1:len(p) + len(a) - 1] = torch.tensor(a)
+        for r, (p, parts, _) in enumerate(drawn):
+            x[r, :len(p)] = torch.tensor(p)
+            at = len(p)
+            for k, part in enumerate(parts):  # even parts are answers (supervised), odd ones questions
+                x[r, at:at + len(part)] = torch.tensor(part)
+                if k % 2 == 0:
+                    y[r, at - 1:at + len(part) - 1] = torch.tensor(part)
+                at += len(part)
         return x.to(device), y.to(device), drawn
 
 
@@ -120,16 +151,16 @@ def accuracy(model: OracleLM, examples: Examples, n: int) -> dict[str, float]:
     for start in range(0, n, 50):
         x, _, drawn = examples.batch(min(50, n - start), next(model.parameters()).device)
         logits = model(x).cpu()
-        for r, (p, a, qtype) in enumerate(drawn):
-            hits[qtype].append(int(logits[r, len(p) - 1].argmax()) == a[0])
+        for r, (p, parts, qtype) in enumerate(drawn):
+            hits[qtype].append(int(logits[r, len(p) - 1].argmax()) == parts[0][0])
     return {t: round(sum(v) / len(v), 3) for t, v in sorted(hits.items())}
 
 
 def train(types: tuple[str, ...], steps: int, batch: int = 32, lr: float = 1e-3, pos2d: bool = False,
-          question_first: bool = False, n_layer: int | None = None, n_embd: int | None = None,
+          question_first: bool = False, turns: int = 1, n_layer: int | None = None, n_embd: int | None = None,
           eval_every: int = 250, n_eval: int = 300, seed: int = 0, device: str | None = None,
           log=print) -> list[dict]:
-    """Train a fresh OracleLM; returns the evaluation history [{step, loss, accuracy, seconds}]."""
+    """Train a fresh OracleLM; returns the evaluation history [{step, questions, loss, accuracy, seconds}]."""
     if pos2d and question_first:
         raise ValueError("pos2d needs the symbols at the start of the sequence: not with question_first")
     config = Config.from_name("shapes")
@@ -138,15 +169,16 @@ def train(types: tuple[str, ...], steps: int, batch: int = 32, lr: float = 1e-3,
     if n_embd is not None:
         config = replace(config, n_embd=n_embd, intermediate_size=(config.intermediate_size * n_embd) // config.n_embd)
     torch.manual_seed(seed)
-    data = Examples(types, seed, question_first)
+    data = Examples(types, seed, question_first, turns)
     held_out = lambda: Examples(types, seed + 90001, question_first)  # noqa: E731 (the same draws every time)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = OracleLM(config, len(vocabulary()), pos2d=pos2d).to(device)  # the symbols start each sequence
     # Stage II's optimiser (configs/shapes/stage2.yaml), constant LR
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    history, running, t0 = [], 0.0, time.perf_counter()
+    history, running, seen, t0 = [], 0.0, 0, time.perf_counter()
     for step in range(1, steps + 1):
-        x, y, _ = data.batch(batch, device)
+        x, y, drawn = data.batch(batch, device)
+        seen += sum((len(parts) + 1) // 2 for _, parts, _ in drawn)  # supervised answers
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,7 +186,7 @@ def train(types: tuple[str, ...], steps: int, batch: int = 32, lr: float = 1e-3,
         opt.step()
         running = 0.98 * running + 0.02 * loss.item()
         if step % eval_every == 0 or step == steps:
-            row = {"step": step, "loss": round(running / (1 - 0.98 ** step), 4),
+            row = {"step": step, "questions": seen, "loss": round(running / (1 - 0.98 ** step), 4),
                    "accuracy": accuracy(model.eval(), held_out(), n_eval), "seconds": round(time.perf_counter() - t0)}
             model.train()
             history.append(row)
@@ -170,6 +202,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--lr", type=float, default=1e-3, help="AdamW LR, constant (Stage II's)")
     ap.add_argument("--pos2d", action="store_true", help="add learned row/column embeddings to the image symbols")
     ap.add_argument("--question-first", action="store_true", help="the question before the image symbols")
+    ap.add_argument("--turns", type=int, default=1,
+                    help="distinct questions per scene in training, all answers supervised (held-out: one)")
     ap.add_argument("--n-layer", type=int, default=None, help="LLM layers (default: the shapes preset's 4)")
     ap.add_argument("--n-embd", type=int, default=None, help="LLM width (default 256; the MLP scales with it)")
     ap.add_argument("--eval-every", type=int, default=250)
@@ -179,7 +213,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", type=Path, default=None, help="write the history as JSON here")
     args = ap.parse_args(argv)
     history = train(tuple(t for t in args.types.split(",") if t), args.steps, args.batch, args.lr, args.pos2d,
-                    args.question_first, args.n_layer, args.n_embd, args.eval_every, args.n_eval, args.seed, args.device)
+                    args.question_first, args.turns, args.n_layer, args.n_embd, args.eval_every, args.n_eval,
+                    args.seed, args.device)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "history": history},

@@ -496,10 +496,12 @@ class ShapesWorld:
         return {"image": self.render(scene), "question": question, "answer": answer, "qtype": qtype}
 
     def qa_conversation(self, index: int, turns: int) -> dict:
-        """``{image, conversations}``: up to ``turns`` questions of distinct types about one scene, as
-        a multi-turn chat (LLaVA-style records are multi-turn too). One image then supervises several
-        answers, which multiplies the understanding signal per image token. The first turn is
-        ``qa_sample(index)``'s question, so ``turns=1`` gives the same data."""
+        """``{image, conversations}``: up to ``turns`` distinct questions about one scene, as a multi-turn
+        chat (LLaVA-style records are multi-turn too). One image then supervises several answers, which
+        multiplies the understanding signal per image token. The first turn is ``qa_sample(index)``'s
+        question, so ``turns=1`` gives the same data. Up to six turns ask one question of each type the
+        scene can answer; beyond six, further distinct questions of random types (relations and
+        presence take far more questions to learn than attributes: configs/shapes/README.md)."""
         scene, question, answer, qtype = self._qa(index)
         rng = stable_rng(self.seed, "qa-turns", index)
         chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
@@ -508,6 +510,14 @@ class ShapesWorld:
                 break
             qa = _QA[other](scene, rng)  # None when the scene cannot answer this type unambiguously
             if qa is not None:
+                chat += [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
+        asked = {m["content"] for m in chat[::2]}
+        for _ in range(4 * turns if turns > len(QA_TYPES) else 0):  # a few draws per turn: small scenes run out
+            if len(chat) >= 2 * turns:
+                break
+            qa = _QA[rng.choice(QA_TYPES)](scene, rng)
+            if qa is not None and qa[0] not in asked:
+                asked.add(qa[0])
                 chat += [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
         return {"image": self.render(scene), "conversations": chat}
 

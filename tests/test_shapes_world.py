@@ -181,8 +181,7 @@ def test_patch_symbols_name_the_object_under_each_patch():
     assert set(patch_symbols(scene)) <= set(vocabulary())
 
 
-
-def test_oracle_examples_supervise_every_turn_with_the_worlds_answers():
+def test_oracle_examples_supervise_the_answer_of_every_turn():
     """Multi-turn oracle draws: distinct questions about one scene, and labels on each turn's answer
     words and end token, nowhere else."""
     from lit_janus.shapes.oracle_vqa import Examples, vocabulary
@@ -199,13 +198,14 @@ def test_oracle_examples_supervise_every_turn_with_the_worlds_answers():
         supervised = [words[i] for i in y[r].tolist() if i >= 0]
         assert supervised == [w for t in turns for w in (t.split(" <answer> ")[1].split() + ["<eos>"])]
         assert supervised[0] in {"left", "right", "above", "below", *COLORS}
-    # one turn is the one-question format: the first turn of each multi-turn draw is laid out the same
+    # one turn: the one-question layout, the answer right after the prompt's closing <answer>
     x1, y1, drawn1 = one.batch(4)
     for r, (prompt, parts, _) in enumerate(drawn1):
         assert len(parts) == 1 and (y1[r] >= 0).sum() == len(parts[0])
         assert x1[r, len(prompt) - 1] == one.ids["<answer>"] and y1[r, len(prompt) - 1] == parts[0][0]
     with pytest.raises(ValueError, match="turns"):
         Examples(("color",), seed=0, turns=0)
+
 
 def test_t2i_category_mix_is_uniform_by_default_and_configurable():
     tags = collections.Counter(ShapesWorld(seed=0).t2i_sample(i)["metadata"]["tag"] for i in range(1200))

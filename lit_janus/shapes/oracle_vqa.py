@@ -75,18 +75,9 @@ class Examples:
         self.ids = {t: i for i, t in enumerate(vocabulary())}
 
     def _questions(self, scene: W.Scene) -> list[tuple[str, str, str]]:
-        """Up to `turns` distinct (question, answer, type) about `scene`; empty when it cannot answer one."""
-        qas: dict[str, tuple[str, str, str]] = {}
-        # one draw for one question (as before turns existed: the same data), else a few per wanted question
-        for _ in range(1 if self.turns == 1 else 4 * self.turns):
-            try:
-                q, a, t = W.make_qa(scene, self.rng, self.rng.choice(self.types))
-            except ValueError:  # this scene cannot answer that type unambiguously
-                continue
-            qas.setdefault(q, (q, a, t))
-            if len(qas) == self.turns:
-                break
-        return list(qas.values())
+        """Up to `turns` distinct (question, answer, type) about `scene`; empty when it cannot answer one.
+        One draw for one question (as before turns existed: the same data), else a few per question."""
+        return W.distinct_questions(scene, self.rng, self.types, self.turns, 1 if self.turns == 1 else 4 * self.turns)
 
     def draw(self) -> tuple[list[int], list[list[int]], str]:
         """(prompt ids up to the first `<answer>`, [answer ids + `<eos>`, then each later turn's question,

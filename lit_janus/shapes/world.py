@@ -371,6 +371,21 @@ _QA: dict[str, Callable[[Scene, random.Random], tuple[str, str] | None]] = {
 }
 
 
+def distinct_questions(scene: Scene, rng: random.Random, types: Sequence[str], n: int, tries: int,
+                       asked: set[str] = frozenset()) -> list[tuple[str, str, str]]:
+    """Up to ``n`` (question, answer, qtype) about ``scene``, each of a type drawn from ``types``, none
+    repeated or in ``asked``, from at most ``tries`` draws (a type the scene cannot answer wastes one)."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for _ in range(tries if n > 0 else 0):
+        t = rng.choice(types)
+        qa = _QA[t](scene, rng)
+        if qa is not None and qa[0] not in asked:
+            found.setdefault(qa[0], (*qa, t))
+            if len(found) == n:
+                break
+    return list(found.values())
+
+
 def make_qa(scene: Scene, rng: random.Random, qtype: str | None = None) -> tuple[str, str, str]:
     """A (question, short canonical answer, qtype) about ``scene``.
 
@@ -504,21 +519,17 @@ class ShapesWorld:
         presence take far more questions to learn than attributes: configs/shapes/README.md)."""
         scene, question, answer, qtype = self._qa(index)
         rng = stable_rng(self.seed, "qa-turns", index)
-        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        qas = [(question, answer)]
         for other in rng.sample([t for t in QA_TYPES if t != qtype], len(QA_TYPES) - 1):
-            if len(chat) >= 2 * turns:
+            if len(qas) >= turns:
                 break
             qa = _QA[other](scene, rng)  # None when the scene cannot answer this type unambiguously
             if qa is not None:
-                chat += [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
-        asked = {m["content"] for m in chat[::2]}
-        for _ in range(4 * turns if turns > len(QA_TYPES) else 0):  # a few draws per turn: small scenes run out
-            if len(chat) >= 2 * turns:
-                break
-            qa = _QA[rng.choice(QA_TYPES)](scene, rng)
-            if qa is not None and qa[0] not in asked:
-                asked.add(qa[0])
-                chat += [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}]
+                qas.append(qa)
+        if turns > len(QA_TYPES):  # a few draws per turn: small scenes run out of distinct questions
+            more = distinct_questions(scene, rng, QA_TYPES, turns - len(qas), 4 * turns, {q for q, _ in qas})
+            qas += [(q, a) for q, a, _ in more]
+        chat = [{"role": role, "content": text} for qa in qas for role, text in zip(("user", "assistant"), qa)]
         return {"image": self.render(scene), "conversations": chat}
 
     def text_sample(self, index: int) -> dict:

@@ -11,6 +11,7 @@
 #                                                #          at batch 256 with and without compiled layers (~4 min)
 #   bash benchmarks/gpu_checks.sh oracle     # issue 5: does the shapes LLM ever learn position questions from perfect
 #                                            #          image tokens? ~1.5M questions, with row/column embeddings (~5 min)
+#   bash benchmarks/gpu_checks.sh oracle_scratchpad  # issue 5: the same with scratchpad answers ("c2 c5 left") (~5 min)
 # Several groups run in order: `bash benchmarks/gpu_checks.sh sampling flex`. Output also goes to $OUT
 # (or /tmp) as <group>*.txt, line by line, so a run cut off by a time limit still returns what finished.
 # Packages the device image lacks (jsonargparse, for the CLI) travel as wheels in .whl/: run
@@ -85,7 +86,12 @@ print('stage2 at batch 256, compile=$compiled:', [cb.summary() for cb in cli.tra
             # questions. Drawing scenes on the host bounds it (~0.1 s a step on the 2-core EPYC).
             run oracle_position 330 -m lit_janus.shapes.oracle_vqa --types position --pos2d --turns 8 --steps 2000 \
                 --batch 128 --eval-every 250 --out "$out/oracle_position.json" ;;
+        oracle_scratchpad)
+            # the same, each position answer naming both objects' grid columns (rows) first: on the CPU it left
+            # chance after ~250k questions (configs/shapes/README.md). How far does 1.5M take it?
+            run oracle_scratchpad 330 -m lit_janus.shapes.oracle_vqa --types position --pos2d --turns 8 --scratchpad \
+                --steps 2000 --batch 128 --eval-every 250 --out "$out/oracle_scratchpad.json" ;;
         *)
-            echo "unknown group $group (sampling, exact, training, flex, shapes, shapes_timing, oracle)"; exit 2 ;;
+            echo "unknown group $group (sampling, exact, training, flex, shapes, shapes_timing, oracle, oracle_scratchpad)"; exit 2 ;;
     esac
 done

@@ -470,3 +470,7 @@ def test_oracle_vqa_learns_colour_questions_from_perfect_image_tokens(tmp_path):
     assert json.loads(out.read_text())["history"] == history
     with pytest.raises(ValueError, match="types"):
         main(["--types", "describe", "--steps", "1"])
+    # the scratchpad variant runs end to end and scores the written relation and the grounding token
+    history = main(["--types", "position", "--scratchpad", "--steps", "2", "--n-layer", "1", "--n-embd", "32",
+                    "--eval-every", "2", "--n-eval", "20"])
+    assert set(history[-1]["accuracy"]) == {"position", "position_grounding"}

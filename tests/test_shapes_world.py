@@ -207,6 +207,60 @@ def test_oracle_examples_supervise_the_answer_of_every_turn():
         Examples(("color",), seed=0, turns=0)
 
 
+def test_scratchpad_answers_name_both_objects_grid_cells_before_the_relation():
+    from lit_janus.shapes.oracle_vqa import Examples, scratchpad_answer, vocabulary
+
+    scene = Scene([Obj("square", "red", "large", 0.25, 0.25), Obj("circle", "blue", "small", 0.8, 0.7)])
+    assert scratchpad_answer(scene, "is the red square left or right of the blue circle?", "left", "position") \
+        == "c2 c6 left"
+    assert scratchpad_answer(scene, "is the blue circle above or below the red square?", "below", "position") \
+        == "r5 r2 below"
+    assert scratchpad_answer(scene, "what color is the circle?", "blue", "color") == "blue"
+    with pytest.raises(ValueError, match="position question"):
+        scratchpad_answer(scene, "where is the red square?", "left", "position")
+    # in the draws: every position answer is grid, grid, relation, and agrees with the cells it names
+    words = vocabulary(scratchpad=True)
+    assert words[:len(vocabulary())] == vocabulary()  # the grid tokens are appended: other ids unchanged
+    examples = Examples(("position", "exists"), seed=1, turns=4, scratchpad=True)
+    n_position = 0
+    for prompt, parts, _ in (examples.draw() for _ in range(40)):
+        for answer in parts[0::2]:
+            a = [words[i] for i in answer]
+            if len(a) == 4:
+                n_position += 1
+                (g1, i1), (g2, i2) = (a[0][0], int(a[0][1:])), (a[1][0], int(a[1][1:]))
+                assert g1 == g2 and i1 != i2 and a[3] == "<eos>"
+                assert a[2] == {("c", True): "left", ("c", False): "right", ("r", True): "above",
+                                ("r", False): "below"}[g1, i1 < i2]
+            else:
+                assert a[0] in {"yes", "no"}
+    assert n_position > 20
+
+
+def test_scratchpad_accuracy_scores_the_relation_the_model_writes_after_its_grid_tokens():
+    """A stand-in model that always writes "left": grounding is never right, and position is right on
+    exactly the held-out questions whose relation is "left"."""
+    import torch
+
+    from lit_janus.shapes.oracle_vqa import Examples, accuracy
+
+    examples = Examples(("position",), seed=2, scratchpad=True)
+    left = examples.ids["left"]
+
+    class AlwaysLeft(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full_like(x, left), len(examples.ids)).float()
+
+    expected = [parts[0][2] == left for _, parts, _ in Examples(("position",), seed=2, scratchpad=True).batch(60)[2]]
+    scores = accuracy(AlwaysLeft(), examples, 60)
+    assert scores == {"position": round(sum(expected) / 60, 3), "position_grounding": 0.0}
+    assert 0 < scores["position"] < 1
+
+
 def test_t2i_category_mix_is_uniform_by_default_and_configurable():
     tags = collections.Counter(ShapesWorld(seed=0).t2i_sample(i)["metadata"]["tag"] for i in range(1200))
     assert set(tags) == set(CATEGORIES) and all(120 <= n <= 280 for n in tags.values())

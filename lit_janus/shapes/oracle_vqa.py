@@ -6,7 +6,8 @@ covering most of it or background, so the LLM sees everything an ideal encoder c
 The 64 symbols stand where Janus puts the image tokens, before the question. Their position reaches
 the LLM only through RoPE, as in Janus. `--pos2d` adds learned row and column embeddings (an encoder
 that kept patch position perfectly); `--question-first` puts the question before the symbols;
-`--turns N` trains on N distinct questions per scene (a multi-turn conversation). The
+`--turns N` trains on N distinct questions per scene (a multi-turn conversation); `--scratchpad`
+has position answers name both objects' grid columns (rows) before the relation, "c2 c5 left". The
 LLM is the `shapes` preset's (`--n-layer` / `--n-embd` to vary it), randomly initialised, trained
 with Stage II's optimiser on the chosen short-answer types. It is scored on fresh scenes (greedy
 first answer word, the word that decides every short answer).
@@ -14,6 +15,7 @@ first answer word, the word that decides every short answer).
     python -m lit_janus.shapes.oracle_vqa --types color --steps 500
     python -m lit_janus.shapes.oracle_vqa --types position --steps 1500 --pos2d --out runs/oracle_position.json
     python -m lit_janus.shapes.oracle_vqa --types exists --turns 8 --steps 450
+    python -m lit_janus.shapes.oracle_vqa --types position --pos2d --turns 8 --scratchpad --steps 2400
 
 What it found is in configs/shapes/README.md ("VQA from perfect image tokens").
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -37,6 +40,7 @@ from lit_janus.shapes import world as W
 
 SHORT_TYPES = ("color", "count", "shape", "position", "exists")
 SPECIALS = ("<pad>", "<bg>", "<answer>", "<eos>")
+GRID = 8  # 64 px scenes in 8-pixel patches
 
 
 def patch_symbols(scene: W.Scene, image_size: int = 64, patch: int = 8, min_pixels: int = 8) -> list[str]:
@@ -52,9 +56,32 @@ def patch_symbols(scene: W.Scene, image_size: int = 64, patch: int = 8, min_pixe
     return [names[k] if n >= min_pixels else "<bg>" for k, n in zip(owner.tolist(), best.tolist())]
 
 
-def vocabulary() -> list[str]:
+def vocabulary(scratchpad: bool = False) -> list[str]:
+    """Specials, the colour-shape symbols, ShapesWorld's words; with `scratchpad` also the grid column and
+    row tokens `c0`..`c7`, `r0`..`r7` (appended, so the other ids do not move)."""
     symbols = [f"<{c}_{s}>" for c, s in W.ALL_COMBOS]
-    return list(SPECIALS) + symbols + sorted(set(W.vocabulary()) | set(W.PUNCTUATION))
+    grid = [f"c{i}" for i in range(GRID)] + [f"r{i}" for i in range(GRID)] if scratchpad else []
+    return list(SPECIALS) + symbols + sorted(set(W.vocabulary()) | set(W.PUNCTUATION)) + grid
+
+
+_POSITION = re.compile(r"is the (\w+ \w+) (left or right of|above or below) the (\w+ \w+)\?")
+
+
+def scratchpad_answer(scene: W.Scene, question: str, answer: str, qtype: str) -> str:
+    """A position answer that first names where both objects are: "is the red circle left or right of
+    the blue square?" -> "c2 c5 left" (the grid columns of their centres; rows `r` for above/below).
+    Reading a position off each object is one lookup the LLM can be taught token by token; the
+    relation is then a comparison of two tokens it has just written. Other answers are unchanged."""
+    if qtype != "position":
+        return answer
+    m = _POSITION.fullmatch(question)
+    if m is None:
+        raise ValueError(f"not a position question of ShapesWorld's form: {question!r}")
+    by_phrase = {o.phrase: o for o in scene.objects}
+    a, b = by_phrase[m[1]], by_phrase[m[3]]
+    axis, name = ("x", "c") if m[2] == "left or right of" else ("y", "r")
+    cell = lambda o: min(GRID - 1, int(getattr(o, axis) * GRID))  # noqa: E731
+    return f"{name}{cell(a)} {name}{cell(b)} {answer}"
 
 
 class Examples:
@@ -62,17 +89,20 @@ class Examples:
 
     With `turns` > 1 each scene carries that many distinct questions, each followed by its answer
     (a multi-turn conversation, as `ShapesSource(turns=...)` builds for the pipeline): more supervised
-    answers per scene. `batch` supervises every answer; `accuracy` scores the first.
+    answers per scene. `batch` supervises every answer; `accuracy` scores the first. With
+    `scratchpad`, position answers are `scratchpad_answer`s.
     """
 
-    def __init__(self, types: tuple[str, ...], seed: int, question_first: bool = False, turns: int = 1):
+    def __init__(self, types: tuple[str, ...], seed: int, question_first: bool = False, turns: int = 1,
+                 scratchpad: bool = False):
         unknown = set(types) - set(SHORT_TYPES)
         if unknown or not types:
             raise ValueError(f"types must be among {SHORT_TYPES}, got {types}")
         if turns < 1 or (turns > 1 and question_first):
             raise ValueError(f"turns must be >= 1, and 1 with question_first; got {turns}")
         self.types, self.rng, self.question_first, self.turns = types, random.Random(seed), question_first, turns
-        self.ids = {t: i for i, t in enumerate(vocabulary())}
+        self.scratchpad = scratchpad
+        self.ids = {t: i for i, t in enumerate(vocabulary(scratchpad))}
 
     def _questions(self, scene: W.Scene) -> list[tuple[str, str, str]]:
         """Up to `turns` distinct (question, answer, type) about `scene`; empty when it cannot answer one.
@@ -86,6 +116,8 @@ class Examples:
             pass
         image = [self.ids[s] for s in patch_symbols(scene)]
         words = lambda text: [self.ids[w] for w in W.split_words(text)]  # noqa: E731
+        if self.scratchpad:
+            qas = [(q, scratchpad_answer(scene, q, a, t), t) for q, a, t in qas]
         (question, answer, qtype), *more = qas
         first = words(question)
         prompt = (first + image if self.question_first else image + first) + [self.ids["<answer>"]]
@@ -136,21 +168,37 @@ class OracleLM(nn.Module):
 
 
 @torch.no_grad()
+def greedy(model: OracleLM, prompt: list[int], n: int) -> list[int]:
+    """`n` tokens written greedily after `prompt` (no cache: a few tokens of a short sequence)."""
+    x = torch.tensor([prompt], device=next(model.parameters()).device)
+    for _ in range(n):
+        x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], 1)
+    return x[0, len(prompt):].tolist()
+
+
+@torch.no_grad()
 def accuracy(model: OracleLM, examples: Examples, n: int) -> dict[str, float]:
-    """Greedy first answer word, per question type, on `n` fresh draws."""
+    """The greedy answer to the first question, per type, on `n` fresh draws: its first word, the word
+    that decides every short answer. With a scratchpad, position is scored on the relation word the
+    model writes after its own two grid tokens, and `position_grounding` on the first grid token."""
     hits = defaultdict(list)
     for start in range(0, n, 50):
         x, _, drawn = examples.batch(min(50, n - start), next(model.parameters()).device)
         logits = model(x).cpu()
         for r, (p, parts, qtype) in enumerate(drawn):
-            hits[qtype].append(int(logits[r, len(p) - 1].argmax()) == parts[0][0])
+            first = int(logits[r, len(p) - 1].argmax())
+            if examples.scratchpad and qtype == "position":  # parts[0]: grid, grid, relation, <eos>
+                hits["position"].append(greedy(model, p, 3)[-1] == parts[0][2])
+                hits["position_grounding"].append(first == parts[0][0])
+            else:
+                hits[qtype].append(first == parts[0][0])
     return {t: round(sum(v) / len(v), 3) for t, v in sorted(hits.items())}
 
 
 def train(types: tuple[str, ...], steps: int, batch: int = 32, lr: float = 1e-3, pos2d: bool = False,
           question_first: bool = False, turns: int = 1, n_layer: int | None = None, n_embd: int | None = None,
           eval_every: int = 250, n_eval: int = 300, seed: int = 0, device: str | None = None,
-          log=print) -> list[dict]:
+          scratchpad: bool = False, log=print) -> list[dict]:
     """Train a fresh OracleLM; returns the evaluation history [{step, questions, loss, accuracy, seconds}]."""
     if pos2d and question_first:
         raise ValueError("pos2d needs the symbols at the start of the sequence: not with question_first")
@@ -160,10 +208,10 @@ def train(types: tuple[str, ...], steps: int, batch: int = 32, lr: float = 1e-3,
     if n_embd is not None:
         config = replace(config, n_embd=n_embd, intermediate_size=(config.intermediate_size * n_embd) // config.n_embd)
     torch.manual_seed(seed)
-    data = Examples(types, seed, question_first, turns)
-    held_out = lambda: Examples(types, seed + 90001, question_first)  # noqa: E731 (the same draws every time)
+    data = Examples(types, seed, question_first, turns, scratchpad)
+    held_out = lambda: Examples(types, seed + 90001, question_first, scratchpad=scratchpad)  # noqa: E731 (same draws every time)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = OracleLM(config, len(vocabulary()), pos2d=pos2d).to(device)  # the symbols start each sequence
+    model = OracleLM(config, len(vocabulary(scratchpad)), pos2d=pos2d).to(device)  # the symbols start each sequence
     # Stage II's optimiser (configs/shapes/stage2.yaml), constant LR
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     history, running, seen, t0 = [], 0.0, 0, time.perf_counter()
@@ -195,6 +243,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--question-first", action="store_true", help="the question before the image symbols")
     ap.add_argument("--turns", type=int, default=1,
                     help="distinct questions per scene in training, all answers supervised (held-out: one)")
+    ap.add_argument("--scratchpad", action="store_true",
+                    help='position answers name both grid columns (rows) before the relation: "c2 c5 left"')
     ap.add_argument("--n-layer", type=int, default=None, help="LLM layers (default: the shapes preset's 4)")
     ap.add_argument("--n-embd", type=int, default=None, help="LLM width (default 256; the MLP scales with it)")
     ap.add_argument("--eval-every", type=int, default=250)
@@ -205,7 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     history = train(tuple(t for t in args.types.split(",") if t), args.steps, args.batch, args.lr, args.pos2d,
                     args.question_first, args.turns, args.n_layer, args.n_embd, args.eval_every, args.n_eval,
-                    args.seed, args.device)
+                    args.seed, args.device, args.scratchpad)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "history": history},

@@ -79,9 +79,8 @@ def scratchpad_answer(scene: W.Scene, question: str, answer: str, qtype: str) ->
         raise ValueError(f"not a position question of ShapesWorld's form: {question!r}")
     by_phrase = {o.phrase: o for o in scene.objects}
     a, b = by_phrase[m[1]], by_phrase[m[3]]
-    axis, name = ("x", "c") if m[2] == "left or right of" else ("y", "r")
-    cell = lambda o: min(GRID - 1, int(getattr(o, axis) * GRID))  # noqa: E731
-    return f"{name}{cell(a)} {name}{cell(b)} {answer}"
+    axis, name = (0, "c") if m[2] == "left or right of" else (1, "r")  # grid_cell is (column, row)
+    return f"{name}{W.grid_cell(a, GRID)[axis]} {name}{W.grid_cell(b, GRID)[axis]} {answer}"
 
 
 class Examples:

@@ -200,6 +200,9 @@ DDP_SCRIPT = textwrap.dedent("""
     trainer.fit(model, dm)
     with open(f"{{out}}/rank{{trainer.global_rank}}.json", "w") as f:
         json.dump({{"sizes": dm.batch_sizes, "seen": model.train_seen}}, f)
+    # Lightning leaves the gloo group up; left to interpreter exit, its threads can abort the process
+    # ("terminate called without an active exception", seen once after a finished fit)
+    torch.distributed.destroy_process_group()
 """)
 
 

@@ -90,11 +90,15 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p <= 0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens ranked above it already hold top_p of the mass
+        # drop a token when the tokens ranked above it already hold top_p of the mass (never the first:
+        # rounding can make the mass "above" it a hair over 0)
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -38,6 +38,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from lit_janus.generate import StaticDecoder, decode_images, question_embeds, seed_key
+from lit_janus.processor import PromptTooLongError
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,24 @@ ITEM_ERRORS = (ValueError, OSError)
 # ---------------------------------------------------------------------------------------------
 def read_items(path: str | Path, format: str = "auto") -> tuple[str, list[dict]]:
     """(format, items) of a prompts / GenEval / image-question file. Every item has an `index` (its
-    line number, which names its outputs); an unparsable line becomes an item with an `error`."""
+    line number, which names its outputs); a line that cannot be used (invalid JSON, a missing or
+    mistyped field) becomes an item with an `error`, reported like any other bad item.
+
+    A `.txt` file, or any file whose first line is not a JSON object, holds one prompt per line;
+    otherwise each line is a JSON object. Lines end at "\\n" (or "\\r\\n") only: JSON strings may
+    hold U+2028 and other characters Python's `splitlines` would also break at."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"input file not found: {p}")
-    lines = p.read_text(encoding="utf-8").splitlines()
+    lines = split_lines(p.read_text(encoding="utf-8-sig"))  # -sig: Windows editors start with a BOM
+    plain = p.suffix.lower() == ".txt" or (p.suffix.lower() not in _JSON_SUFFIXES and _first_object(lines) is None)
+    if plain:
+        if format not in ("auto", "prompts"):
+            raise ValueError(f"{p}: format {format!r} needs a JSONL file (one JSON object per line); this file "
+                             "reads as plain text, one prompt per line")
+        return "prompts", [{"index": i, "prompt": line.strip()} for i, line in enumerate(lines)]
     if format == "auto":
-        format = "prompts" if p.suffix.lower() == ".txt" else _sniff(lines)
-    if p.suffix.lower() == ".txt" and format == "prompts":
-        return format, [{"index": i, "prompt": line.strip()} for i, line in enumerate(lines)]
+        format = _sniff(lines)
     items = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -70,17 +80,72 @@ def read_items(path: str | Path, format: str = "auto") -> tuple[str, list[dict]]
         except ValueError as e:
             items.append({"index": i, "error": f"{p.name} line {i + 1}: invalid JSON ({e})"})
             continue
-        if format == "geneval":
-            items.append({"index": i, "prompt": str(obj.get("prompt", "")), "metadata": obj})
-        elif format == "vqa":
-            item = {"index": i, "question": str(obj.get("question", "")), "image": obj.get("image")}
-            if item["image"] is not None and not Path(item["image"]).is_absolute():
-                item["image"] = str(p.parent / item["image"])
-            items.append(item | {k: obj[k] for k in ("id", "seed") if k in obj})
-        else:
-            items.append({"index": i, "prompt": str(obj.get("prompt", ""))}
-                         | {k: obj[k] for k in ("seed", "n", "metadata") if k in obj})
+        try:
+            items.append(_item(i, obj, format, p.parent))
+        except ValueError as e:
+            items.append({"index": i, "error": f"{p.name} line {i + 1}: {e}"})
     return format, items
+
+
+_JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines of a text file, split at "\\n" only (a trailing "\\r" is dropped, a final newline ends
+    the last line rather than starting an empty one)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _field(obj: dict, key: str, types: type | tuple, what: str, required: bool = True):
+    """obj[key] checked against `types` (bool is not an int here); None if absent and optional."""
+    if key not in obj or obj[key] is None:
+        if required:
+            raise ValueError(f"no {key!r} field" if key not in obj else f"{key!r} is null; it must be {what}")
+        return None
+    v = obj[key]
+    if not isinstance(v, types) or isinstance(v, bool):
+        raise ValueError(f"{key!r} must be {what}, got {type(v).__name__} {_clip(json.dumps(v), 60)}")
+    return v
+
+
+def _item(i: int, obj: dict, format: str, folder: Path) -> dict:
+    """One JSONL record as a predict item; ValueError (with what to fix) for a missing or mistyped field."""
+    seed = _field(obj, "seed", int, "an integer", required=False)
+    if format == "vqa":
+        item = {"index": i, "question": _field(obj, "question", str, "a string")}
+        images = _field(obj, "image", (str, list), "a path or a list of paths")
+        if isinstance(images, list) and not all(isinstance(x, str) for x in images):
+            raise ValueError("'image' must be a path or a list of paths")
+        # relative to the JSONL's folder
+        resolve = lambda x: x if Path(x).is_absolute() else str(folder / x)  # noqa: E731
+        item["image"] = [resolve(x) for x in images] if isinstance(images, list) else resolve(images)
+        if "id" in obj:
+            item["id"] = obj["id"]
+    else:
+        item = {"index": i, "prompt": _field(obj, "prompt", str, "a string")}
+        if format == "geneval":
+            item["metadata"] = obj
+        else:
+            n = _field(obj, "n", int, "an integer >= 1", required=False)
+            if n is not None and n < 1:
+                raise ValueError(f"'n' must be an integer >= 1, got {n}")
+            item |= {k: obj[k] for k in ("n", "metadata") if k in obj and obj[k] is not None}
+    return item | ({"seed": seed} if seed is not None else {})
+
+
+def _first_object(lines: list[str]) -> dict | None:
+    """The first non-blank line parsed as a JSON object, or None if it is not one."""
+    for line in lines:
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                return None
+            return obj if isinstance(obj, dict) else None
+    return None
 
 
 def _sniff(lines: list[str]) -> str:
@@ -160,8 +225,16 @@ class JanusGenerator(L.LightningModule):
                  dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", cuda_graphs: bool | None = None,
                  compile: bool | None = None, fail_fast: bool = False):
         super().__init__()
-        if images_per_prompt < 1:
-            raise ValueError("images_per_prompt must be at least 1")
+        bad = [msg for ok, msg in [
+            (images_per_prompt >= 1, f"images_per_prompt must be >= 1, got {images_per_prompt}"),
+            (temperature is None or temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {temperature}"),
+            (top_k is None or top_k >= 0, f"top_k must be >= 1 (or 0 / null for no limit), got {top_k}"),
+            (top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
+            (math.isfinite(cfg_weight), f"cfg_weight must be a finite number, got {cfg_weight}"),
+            (max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}"),
+        ] if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
         self.save_hyperparameters()
         self.checkpoint, self.task = checkpoint, task
         self.temperature = temperature if temperature is not None else (1.0 if task == "t2i" else 0.0)
@@ -174,13 +247,20 @@ class JanusGenerator(L.LightningModule):
             return
         from lit_janus.checkpoint import load_any
 
-        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        name = self.hparams.dtype
-        if name == "auto":
-            name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-        model, self.processor = load_any(self.checkpoint, dtype=_DTYPES[name], device=str(device))
+        device = self._target_device()
+        model, self.processor = load_any(self.checkpoint, dtype=_DTYPES[self.dtype_name()], device=str(device))
         self.model = model.eval().requires_grad_(False)
         self.decoder = StaticDecoder(self.model, cuda_graphs=self.hparams.cuda_graphs, compile=self.hparams.compile)
+
+    def _target_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+
+    def dtype_name(self) -> str:
+        """The weights' dtype: `dtype`, with `auto` resolved for the device this run uses."""
+        name, device = self.hparams.dtype, self._target_device()
+        if name == "auto":
+            name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+        return name
 
     # ---- one batch ----------------------------------------------------------------------------
     def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
@@ -207,7 +287,12 @@ class JanusGenerator(L.LightningModule):
         return {**item, "error": msg}
 
     def _seed(self, item: dict) -> int:
-        return int(item["seed"]) if item.get("seed") is not None else self.hparams.seed + int(item["index"])
+        seed = item.get("seed")
+        if seed is None:
+            return self.hparams.seed + int(item["index"])
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        return seed
 
     def _sampling(self) -> dict:
         h = self.hparams
@@ -221,13 +306,13 @@ class JanusGenerator(L.LightningModule):
                 if "prompt" not in item:
                     raise ValueError("item has no 'prompt' (an image-question file needs task: understand)")
                 ids = self.processor.t2i_prompt_ids(item["prompt"])
-                n = int(item.get("n") or self.hparams.images_per_prompt)
-                if n < 1:
-                    raise ValueError(f"n must be at least 1, got {n}")
+                n = item.get("n", self.hparams.images_per_prompt)
+                if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                    raise ValueError(f"n must be an integer >= 1, got {n!r}")
+                seed = self._seed(item)
             except ITEM_ERRORS as e:
                 out.append(self._failed(item, e))
                 continue
-            seed = self._seed(item)
             spans.append((len(out), len(cond), n, seed))
             out.append(item)
             for j in range(n):
@@ -251,11 +336,19 @@ class JanusGenerator(L.LightningModule):
             try:
                 if not item.get("image"):
                     raise ValueError("item has no 'image' (a prompts file needs task: t2i)")
-                embeds.append(question_embeds(self.model, self.processor, item["image"], item["question"]))
+                x = question_embeds(self.model, self.processor, item["image"], item["question"])
+                room = self.processor.max_length - self.hparams.max_new_tokens
+                if x.shape[0] > room:
+                    raise PromptTooLongError(
+                        f"question is {x.shape[0]} tokens with its image(s) but only {room} fit (context "
+                        f"{self.processor.max_length} minus max_new_tokens {self.hparams.max_new_tokens}): "
+                        "shorten it or lower max_new_tokens")
+                key = seed_key(self._seed(item))
             except ITEM_ERRORS as e:
                 out.append(self._failed(item, e))
                 continue
-            keys.append(seed_key(self._seed(item)))
+            embeds.append(x)
+            keys.append(key)
             where.append(len(out))
             out.append(item)
         if not embeds:
@@ -325,7 +418,7 @@ def _repair_jsonl(path: Path) -> list[dict]:
         raw = raw[: raw.rfind(b"\n") + 1]
         _atomic_write(path, lambda tmp: tmp.write_bytes(raw))
     out = []
-    for line in raw.decode("utf-8").splitlines():
+    for line in split_lines(raw.decode("utf-8")):
         try:
             out.append(json.loads(line))
         except ValueError:
@@ -337,36 +430,115 @@ def _clip(v, n: int = 300):
     return v[:n] + f"... ({len(v)} characters)" if isinstance(v, str) and len(v) > n else v
 
 
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """A short hash of a checkpoint's files (names, sizes, modification times): changes when the
+    weights at that path are replaced, e.g. a newer `last.ckpt`. Not a content hash (that would read
+    gigabytes)."""
+    import hashlib
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(p) if f != p else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def run_settings(pl_module) -> dict | None:
+    """What decides a predict run's outputs (`run.json`): the checkpoint and the sampling settings.
+    None for a module that is not a JanusGenerator (nothing to check)."""
+    h = getattr(pl_module, "hparams", {})
+    if "checkpoint" not in h:
+        return None
+    keys = ["task", "seed", "top_k", "top_p"]
+    keys += ["images_per_prompt", "cfg_weight"] if h["task"] == "t2i" else ["max_new_tokens"]
+    return ({"checkpoint": str(Path(h["checkpoint"]).resolve()),
+             "checkpoint_fingerprint": checkpoint_fingerprint(h["checkpoint"])}
+            | {k: h[k] for k in keys} | {"temperature": pl_module.temperature, "dtype": pl_module.dtype_name()})
+
+
 class _Writer(BasePredictionWriter):
-    """Shared by the writers: output folder, errors.jsonl, resume bookkeeping."""
+    """Shared by the writers: output folder, errors.jsonl, resume bookkeeping.
+
+    A rerun into the same folder resumes, and only resumes: the folder's `run.json` records the
+    checkpoint and sampling settings, and each written item its prompt (question), so a run with
+    another checkpoint, other settings or another input file stops with an error instead of
+    skipping items that a different model or prompt produced."""
+
+    IDENTITY = ("prompt",)  # the item fields a written record must match to count as this item
 
     def __init__(self, output_dir: str):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
-        self.done: set[int] = set()
+        self.done: dict[int, dict] = {}
         self.counts = {"written": 0, "skipped": 0, "failed": 0}
 
     @property
     def errors_path(self) -> Path:
         return self.output_dir / "errors.jsonl"
 
+    @property
+    def run_path(self) -> Path:
+        return self.output_dir / "run.json"
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._prepare()
+            self._check_run(run_settings(pl_module))
             # failed items are retried on a rerun and re-recorded if they fail again
             self.errors_path.unlink(missing_ok=True)
         trainer.strategy.barrier()
         self.done = self._written()
+        # datamodule.setup ran before this hook: a changed input file fails here, before any work
+        self._check_items(getattr(trainer.datamodule, "items", None) or [])
+
+    def _check_run(self, settings: dict | None) -> None:
+        """Rank 0: refuse to resume into a folder another checkpoint or other settings wrote."""
+        if settings is None:
+            return
+        if self.run_path.is_file():
+            try:
+                before = json.loads(self.run_path.read_text())
+            except ValueError:
+                before = {}
+            changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
+            if changed:
+                raise ValueError(
+                    f"{self.output_dir} holds the outputs of another predict run ({self.run_path}: "
+                    + "; ".join(changed) + "). A rerun only resumes the same run: write to another output_dir "
+                    "(--trainer.callbacks.init_args.output_dir) or delete that folder.")
+            return
+        if self._written():
+            log.warning("%s has outputs but no run.json (an older version wrote it): cannot check they come "
+                        "from this checkpoint and these settings; resuming, and recording them now", self.output_dir)
+        _atomic_write(self.run_path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
+
+    def _identity(self, record: dict) -> tuple:
+        return tuple(record.get(k) for k in self.IDENTITY)
+
+    def _check_items(self, items: list[dict]) -> None:
+        wrong = [(it["index"], self.done[it["index"]], self._identity(it)) for it in items
+                 if "error" not in it and it.get("index") in self.done
+                 and self.done[it["index"]] != self._identity(it)]
+        if wrong:
+            shown = "; ".join(f"item {i}: written for {_clip(str(a), 80)}, now {_clip(str(b), 80)}"
+                              for i, a, b in wrong[:3])
+            raise ValueError(
+                f"{len(wrong)} item(s) already written in {self.output_dir} came from a different input: {shown}. "
+                "A rerun only resumes the same input file: write to another output_dir or delete that folder.")
 
     def _prepare(self) -> None:
         """Rank 0, before anything is written (repair files a killed run left)."""
 
-    def _written(self) -> set[int]:
+    def _written(self) -> dict[int, tuple]:
+        """index -> identity (`IDENTITY` fields) of every item a previous run finished."""
         raise NotImplementedError
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         # mark items a previous run already wrote; the model skips them
+        self._check_items(batch)
         for item in batch:
             if item.get("index") in self.done:
                 item["done"] = True
@@ -384,7 +556,7 @@ class _Writer(BasePredictionWriter):
                                if k in ("index", "prompt", "question", "image", "id", "error")})
             else:
                 self._write(r)
-                self.done.add(r["index"])
+                self.done[r["index"]] = self._identity(r)
                 self.counts["written"] += 1
         _append_jsonl(self.errors_path, errors)
 
@@ -423,11 +595,18 @@ class ImageWriter(_Writer):
         if self.layout == "default":
             _repair_jsonl(self.output_dir / "metadata.jsonl")
 
-    def _written(self) -> set[int]:
+    def _written(self) -> dict[int, tuple]:
         if self.layout == "geneval":
-            return {int(d.name) for d in self.output_dir.iterdir()
-                    if d.is_dir() and d.name.isdigit() and (d / "metadata.jsonl").is_file()}
-        return {int(r["index"]) for r in _repair_jsonl(self.output_dir / "metadata.jsonl") if "index" in r}
+            done = {}
+            for d in self.output_dir.iterdir():
+                if d.is_dir() and d.name.isdigit() and (d / "metadata.jsonl").is_file():
+                    try:
+                        done[int(d.name)] = self._identity(json.loads((d / "metadata.jsonl").read_text()))
+                    except ValueError:  # not ours (written atomically): let the item run again
+                        continue
+            return done
+        return {int(r["index"]): self._identity(r) for r in _repair_jsonl(self.output_dir / "metadata.jsonl")
+                if "index" in r}
 
     def _write(self, r: dict) -> None:
         images, index = r["images"], int(r["index"])
@@ -464,8 +643,17 @@ class AnswerWriter(_Writer):
     def _prepare(self) -> None:
         _repair_jsonl(self.output_dir / self.filename)
 
-    def _written(self) -> set[int]:
-        return {int(r["index"]) for r in _repair_jsonl(self.output_dir / self.filename) if "index" in r}
+    IDENTITY = ("question", "image")
+
+    def _identity(self, record: dict) -> tuple:
+        # the image by file name: the same input folder moved elsewhere is still the same input
+        image = record.get("image")
+        names = [Path(x).name for x in image] if isinstance(image, list) else Path(image).name if image else None
+        return record.get("question"), names
+
+    def _written(self) -> dict[int, tuple]:
+        return {int(r["index"]): self._identity(r) for r in _repair_jsonl(self.output_dir / self.filename)
+                if "index" in r}
 
     def _write(self, r: dict) -> None:
         keys = ("index", "id", "image", "question", "answer", "answer_tokens", "temperature", "top_k", "top_p")

@@ -71,6 +71,9 @@ def test_filter_logits_keeps_top_k_and_the_nucleus():
     kept = torch.isfinite(G.filter_logits(logits, top_p=0.7))[0].tolist()
     assert kept == [True, False, True, False] and p[0] < 0.7 <= p[0] + p[2]
     assert torch.isfinite(G.filter_logits(logits, top_p=1e-6)).sum() == 1  # never empty
+    assert torch.isfinite(G.filter_logits(torch.zeros(1, 5), top_p=1e-9)).sum() == 1  # ties: still one
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):  # 0 would drop every token
+        G.filter_logits(logits, top_p=0.0)
 
 
 def test_cfg_logits_and_greedy():

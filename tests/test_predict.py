@@ -74,6 +74,32 @@ def test_read_items_understands_each_format(tmp_path):
     assert fmt == "vqa" and items[0]["image"] == str(tmp_path / "im" / "a.png") and items[0]["id"] == "x"
 
 
+def test_read_items_reports_unusable_lines_as_bad_items(tmp_path):
+    rows = ['{"prompt": null}', '{"text": "a"}', '{"prompt": "a", "seed": "abc"}', '{"prompt": "a", "n": 0}',
+            '{"prompt": "a", "seed": true}', json.dumps({"prompt": "two\u2028lines", "seed": 3}), '{"prompt": "b"}']
+    # a byte-order mark (Windows editors) and U+2028 inside a JSON string must not shift the line numbers
+    (tmp_path / "p.jsonl").write_text("\ufeff" + "\r\n".join(rows) + "\r\n", encoding="utf-8")
+    fmt, items = read_items(tmp_path / "p.jsonl")
+    assert fmt == "prompts" and [i["index"] for i in items] == list(range(7))
+    errors = [i.get("error", "") for i in items]
+    assert "line 1: 'prompt' is null" in errors[0] and "line 2: no 'prompt' field" in errors[1]
+    assert "'seed' must be an integer, got str" in errors[2] and "'n' must be an integer >= 1, got 0" in errors[3]
+    assert "'seed' must be an integer, got bool" in errors[4]
+    assert items[5] == {"index": 5, "prompt": "two\u2028lines", "seed": 3} and items[6]["prompt"] == "b"
+
+    (tmp_path / "q.jsonl").write_text('{"image": 3, "question": "q"}\n{"image": ["a.png", "b.png"], "question": "q"}\n')
+    _, items = read_items(tmp_path / "q.jsonl")
+    assert "'image' must be a path or a list of paths, got int" in items[0]["error"]
+    assert items[1]["image"] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+
+    # a prompts file without a .txt suffix is plain text when its first line is not a JSON object
+    (tmp_path / "prompts").write_text("\ufeffa red circle\n{not json\n")
+    assert read_items(tmp_path / "prompts") == ("prompts", [{"index": 0, "prompt": "a red circle"},
+                                                           {"index": 1, "prompt": "{not json"}])
+    with pytest.raises(ValueError, match="format 'vqa' needs a JSONL file"):
+        read_items(tmp_path / "prompts", "vqa")
+
+
 @pytest.mark.skipif(not GENEVAL.is_file(), reason="GenEval metadata not present")
 def test_geneval_metadata_file_is_detected():
     fmt, items = read_items(GENEVAL)
@@ -120,6 +146,16 @@ def test_t2i_writes_images_metadata_errors_and_resumes(tmp_path, tiny_hf_dir):
     errors = {e["index"]: e["error"] for e in read_jsonl(out / "errors.jsonl")}
     assert set(errors) == {1, 3}
     assert "empty prompt" in errors[1] and "PromptTooLongError" in errors[3] and "shorten" in errors[3]
+
+    # a rerun into the same folder only resumes the same run: another CFG weight, checkpoint or input stops it
+    mtimes = sorted(f.stat().st_mtime_ns for f in out.rglob("*.png"))
+    with pytest.raises(ValueError, match=r"another predict run .*cfg_weight: 5.0 -> 3.0"):
+        run_predict(tmp_path, "t2i.yaml", **{**args, "model": {**args["model"], "cfg_weight": 3.0}})
+    (tmp_path / "other.txt").write_text("a blue square\n" + "\n".join(prompts[1:]) + "\n")
+    with pytest.raises(ValueError, match="item 0: written for .*a photo of a red circle.*now .*a blue square"):
+        run_predict(tmp_path, "t2i.yaml", **{**args, "data": {**args["data"], "path": str(tmp_path / "other.txt")}})
+    assert sorted(f.stat().st_mtime_ns for f in out.rglob("*.png")) == mtimes  # nothing rewritten
+    assert json.loads((out / "run.json").read_text())["cfg_weight"] == 5.0
 
     # the files are what the library gives for the same seeds (seed 10 + line index)
     from lit_janus.checkpoint import load_any
@@ -172,6 +208,27 @@ def test_understand_answers_and_records_bad_images(tmp_path, tiny_hf_dir):
     ref = G.answer(model, processor, [str(tmp_path / "im" / "blue.png")], ["how many circles are there?"],
                    max_new_tokens=5)
     assert answers[1]["answer"] == ref[0]
+
+
+def test_understand_leaves_room_for_the_answer(tiny_hf_dir, tmp_path):
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
+    module = JanusGenerator(str(tiny_hf_dir), task="understand", max_new_tokens=8)
+    module.configure_model()
+    long_q = "what colour? " + "why " * 10  # 10+ tokens longer than the other questions
+    # a context the question fits alone, but not with 8 answer tokens
+    module.processor.max_length = len(module.processor.understanding_ids(long_q, 1)) + 4
+    out = module.predict_step([{"index": 0, "image": str(tmp_path / "blue.png"), "question": long_q},
+                               {"index": 1, "image": str(tmp_path / "blue.png"), "question": "what colour?", "seed": "x"},
+                               {"index": 2, "image": str(tmp_path / "blue.png"), "question": "what colour?"}])
+    assert "PromptTooLongError" in out[0]["error"] and "max_new_tokens 8" in out[0]["error"]
+    assert "seed must be an integer" in out[1]["error"] and isinstance(out[2]["answer"], str)
+
+
+@pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"top_k": -1}, {"temperature": -1.0}, {"max_new_tokens": 0},
+                                 {"images_per_prompt": 0}])
+def test_generator_rejects_bad_sampling_settings(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        JanusGenerator("unused", **bad)
 
 
 def test_fail_fast_stops_at_the_first_bad_item(tiny_hf_dir):

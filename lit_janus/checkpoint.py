@@ -13,6 +13,7 @@ the model is only assembled after every check passed, so nothing is ever half-lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -40,6 +41,17 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # reading weight files
 # ---------------------------------------------------------------------------------------------
+def read_json(path: Path) -> dict:
+    """A checkpoint's JSON file as a dict; CheckpointError naming the file if it is not one."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"missing weight file {path}")
@@ -49,7 +61,13 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         # DeepSeek ships pickles: never unpickle arbitrary objects
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # torch.save's legacy (pre-1.6, non-zip) format cannot be memory-mapped: read it whole
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except Exception as e:
@@ -99,7 +117,7 @@ def detect_layout(directory: str | Path) -> str:
             f"{d} has no config.json: not a Janus-Pro checkpoint in DeepSeek's layout "
             "(model_type 'multi_modality') or transformers' layout (model_type 'janus')"
         )
-    model_type = json.loads(cfg.read_text()).get("model_type")
+    model_type = read_json(cfg).get("model_type")
     if model_type == "multi_modality":
         return "deepseek"
     if model_type == "janus":
@@ -341,7 +359,7 @@ def _image_settings(directory: Path, layout: str, image_size: int):
     f = directory / "preprocessor_config.json"
     if not f.is_file():
         return ImageSettings(image_size=image_size)
-    p = json.loads(f.read_text())
+    p = read_json(f)
     size = p.get("image_size") or (p.get("size") or {}).get("height") or image_size
     if size != image_size:
         raise CheckpointError(f"{f} says image size {size} but the model's grid needs {image_size}")
@@ -350,11 +368,16 @@ def _image_settings(directory: Path, layout: str, image_size: int):
 
 
 def _system_prompt(directory: Path) -> str:
-    """`system_prompt` of the directory's processor_config.json (both layouts' processors take that key);
-    DeepSeek's default when absent, as their VLChatProcessor does."""
+    """The system prompt a checkpoint's processor uses: processor_config.json's `system_prompt` (DeepSeek's
+    key, and ours), else transformers' `use_default_system_prompt` flag (DeepSeek's default text or none),
+    else DeepSeek's default, as their VLChatProcessor has it."""
     f = directory / "processor_config.json"
-    prompt = json.loads(f.read_text()).get("system_prompt") if f.is_file() else None
-    return DEFAULT_SYSTEM_PROMPT if prompt is None else prompt
+    cfg = read_json(f) if f.is_file() else {}
+    if cfg.get("system_prompt") is not None:
+        return cfg["system_prompt"]
+    if "use_default_system_prompt" in cfg:
+        return DEFAULT_SYSTEM_PROMPT if cfg["use_default_system_prompt"] else ""
+    return DEFAULT_SYSTEM_PROMPT
 
 
 def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
@@ -364,7 +387,7 @@ def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32
 
     d = Path(directory)
     layout = detect_layout(d)
-    raw_cfg = json.loads((d / "config.json").read_text())
+    raw_cfg = read_json(d / "config.json")
     tokenizer = load_tokenizer(d)  # before the (large) weights: fail fast
     sd = read_weights(d)
     if layout == "deepseek":
@@ -405,17 +428,65 @@ CHAT_TEMPLATE = (
 def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write `model` + `processor` as a transformers Janus checkpoint that
     `JanusForConditionalGeneration.from_pretrained(out_dir)` loads with nothing missing.
-    Written into a temporary sibling directory and renamed, so a crash never leaves half a checkpoint."""
-    from transformers import GenerationConfig
-
+    Written into a temporary sibling directory and renamed, so a crash never leaves half a checkpoint;
+    an existing export at `out_dir` is replaced, anything else there is refused."""
     out = Path(out_dir)
+    if out.exists() and not _is_export(out):
+        raise FileExistsError(f"{out} exists and is not a transformers Janus checkpoint (no config.json with "
+                              "model_type 'janus'): refusing to replace it. Name a new directory.")
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
+    try:
+        _write_transformers(model, processor, tmp, dtype)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # swap: the old export moves aside before the new one takes its name, and goes only after
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _is_export(d: Path) -> bool:
+    try:
+        return d.is_dir() and read_json(d / "config.json").get("model_type") == "janus"
+    except CheckpointError:
+        return False
+
+
+@contextlib.contextmanager
+def _cast(module: torch.nn.Module, dtype: torch.dtype | None):
+    """`module`'s floating-point tensors in `dtype` inside the block, as they were after it: the caller's
+    model must not change (`module.to(dtype)` would cast it for good, rotary `inv_freq` included).
+    Costs one copy in `dtype`, not a copy of the whole model."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    if dtype is None or all(t.dtype == dtype for t in tensors):
+        yield
+        return
+    before = [t.data for t in tensors]
+    try:
+        for t in tensors:
+            t.data = t.data.to(dtype)
+        yield
+    finally:
+        for t, data in zip(tensors, before):
+            t.data = data
+
+
+def _write_transformers(model, processor, tmp: Path, dtype: torch.dtype | None) -> None:
+    from transformers import GenerationConfig
+
     janus = model.janus
-    if dtype is not None:
-        janus = janus.to(dtype)
     janus.config.image_token_id = processor.image_id
+    # the tokenizer's ids, not LlamaConfig's placeholders (1 / 2 / None)
+    text = janus.config.text_config
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = processor.bos_id, processor.eos_id, processor.pad_id
     janus.config.tie_word_embeddings = False
     janus.config.text_config.tie_word_embeddings = False
     janus.generation_config = GenerationConfig(
@@ -423,7 +494,8 @@ def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype 
         guidance_scale=5.0, temperature=1.0, do_sample=True,
         generation_kwargs={"boi_token_id": processor.boi_id},
     )
-    janus.save_pretrained(str(tmp))
+    with _cast(janus, dtype):
+        janus.save_pretrained(str(tmp))
     tok = processor.tokenizer
     tok.save_pretrained(str(tmp))
     tc = tmp / "tokenizer_config.json"
@@ -445,10 +517,6 @@ def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype 
         "system_prompt": processor.system_prompt,
     }, indent=2))
     (tmp / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,14 +569,14 @@ def _is_sharded_lightning(p: Path) -> bool:
 
 def _lightning_checkpoint(p: Path) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """(lit_janus metadata, state dict or None) of a Lightning checkpoint file or sharded directory."""
-    if _is_sharded_lightning(p):
-        meta = torch.load(p / "meta.pt", map_location="cpu", weights_only=True)
-        return meta, None
+    f = p / "meta.pt" if _is_sharded_lightning(p) else p
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch.load(f, map_location="cpu", weights_only=True, mmap=f is p)
     except Exception as e:
-        raise CheckpointError(f"cannot read Lightning checkpoint {p}: {e}") from None
-    return ckpt, ckpt.get("state_dict")
+        raise CheckpointError(f"cannot read Lightning checkpoint {f}: {e}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{f} holds a {type(ckpt).__name__}, not a Lightning checkpoint (a dict)")
+    return ckpt, None if f is not p else ckpt.get("state_dict")
 
 
 def _model_state_from_lightning(sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -519,17 +587,74 @@ def _model_state_from_lightning(sd: dict[str, torch.Tensor], source: str) -> dic
     return out
 
 
+# What a DCP `.metadata` pickle may name. torch reads that file with plain `pickle.load`, which would
+# run any code a tampered checkpoint carries; ours allows the metadata records and nothing else.
+_DCP_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
+                                              "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
+                                              "StorageMeta", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},  # a layout by name (how torch pickles torch.strided)
+    "torch": {"Size"},
+    "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+def _read_dcp_metadata(path: Path):
+    """The `.metadata` of a DCP directory, unpickled with only `_DCP_METADATA_GLOBALS` (and torch dtypes)."""
+    import importlib
+    import pickle
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            obj = getattr(importlib.import_module(module), name, None) if module in _DCP_METADATA_GLOBALS else None
+            if name in _DCP_METADATA_GLOBALS.get(module, ()) or (module == "torch" and isinstance(obj, torch.dtype)):
+                return obj
+            raise CheckpointError(f"{path} names {module}.{name}, which a checkpoint's metadata never needs: "
+                                  "refusing to unpickle it (it could run code)")
+
+    try:
+        with open(path, "rb") as f:
+            return Unpickler(f).load()
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"cannot read sharded checkpoint metadata {path}: {type(e).__name__}: {e}") from None
+
+
 def _sharded_state_dict(p: Path) -> dict[str, torch.Tensor]:
-    """Gather a sharded (DCP) Lightning checkpoint's model weights into one state dict, in-process."""
-    import tempfile
+    """A sharded (DCP) Lightning checkpoint's model weights as one state dict, read in memory. Only the
+    `state_dict` entries are read: the optimizer state Lightning stores beside them is twice the
+    weights (AdamW), so gathering everything would triple the memory (~90 GB for 7B)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    metadata = _read_dcp_metadata(p / ".metadata")
 
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "full.pt"
-        dcp_to_torch_save(str(p), str(out))
-        full = torch.load(out, map_location="cpu", weights_only=True)
-    return full.get("state_dict", full)
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    model_keys = [k for k in metadata.state_dict_metadata if k.startswith("state_dict.")]
+    if not model_keys:
+        raise CheckpointError(f"sharded checkpoint {p} has no model weights (no 'state_dict' entries)")
+    # tensors only: non-tensor entries would be read with torch.load(weights_only=False)
+    odd = [k for k in model_keys if not isinstance(metadata.state_dict_metadata[k], TensorStorageMetadata)]
+    if odd:
+        raise CheckpointError(f"sharded checkpoint {p}: model entries that are not tensors: {odd[:5]}")
+    out: dict = {}
+    try:
+        _load_state_dict(out, storage_reader=Reader(p), planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}),
+                         no_dist=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read sharded checkpoint {p}: {type(e).__name__}: {e}") from None
+    return out["state_dict"]
 
 
 def read_config_and_processor(path: str | Path, max_length: int = 4096):
@@ -537,7 +662,7 @@ def read_config_and_processor(path: str | Path, max_length: int = 4096):
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file():
         layout = detect_layout(p)
-        raw = json.loads((p / "config.json").read_text())
+        raw = read_json(p / "config.json")
         if layout == "deepseek":
             # DeepSeek's config names presets; the shapes come from the weights (mmap: cheap)
             config = config_from_deepseek(raw, read_weights(p))

@@ -99,10 +99,11 @@ class Config:
         return self.grid_size**2
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "Config":
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+    def from_name(cls, preset: str, /, **overrides: Any) -> "Config":
+        """A preset's shapes with `overrides` (any field, `name` included) replaced."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+        return replace(PRESETS[preset], **overrides)
 
     def to_hf(self, torch_dtype: str = "float32") -> "transformers.JanusConfig":  # noqa: F821
         """The equivalent transformers `JanusConfig`, with untied embeddings (Janus-Pro's are untied:
@@ -155,6 +156,14 @@ class Config:
     def from_hf(cls, hf: Any, name: str = "custom") -> "Config":
         """Inverse of `to_hf` (accepts a JanusConfig or its dict)."""
         d = hf if isinstance(hf, dict) else hf.to_dict()
+        try:
+            return cls._from_hf_dict(d, name)
+        except KeyError as e:  # a hand-edited or foreign config.json: say which field is missing
+            raise ValueError(f"transformers Janus config lacks the field {e.args[0]!r} (in text_config, "
+                             "vision_config or vq_config; transformers writes them all)") from None
+
+    @classmethod
+    def _from_hf_dict(cls, d: dict, name: str) -> "Config":
         t, v, q = d["text_config"], d["vision_config"], d["vq_config"]
         if d.get("tie_word_embeddings") or t.get("tie_word_embeddings"):
             raise ValueError(

@@ -26,14 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lit_janus.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="pretrained directory (DeepSeek or transformers layout) or Lightning checkpoint")
-    p.add_argument("dst", help="output directory (transformers layout; replaced atomically)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: keep float32)")
+    p.add_argument("dst", help="output directory (transformers layout); an earlier export there is replaced "
+                   "atomically, anything else refused")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: float32, the dtype weights load in; DeepSeek's bfloat16 release "
+                        "then takes twice its size: pass --dtype bfloat16 to keep it)")
     args = p.parse_args(argv)
     from lit_janus.checkpoint import CheckpointError
 
     try:
         convert(args.src, args.dst, args.dtype)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.dst}")

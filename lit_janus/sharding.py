@@ -31,12 +31,12 @@ def shard_model(model, mesh, precision: str | None = None) -> None:
 
 
 def _random_init(model) -> None:
-    for m in model.modules():
-        if callable(getattr(m, "reset_parameters", None)):
-            m.reset_parameters()
-        elif hasattr(m, "variance_epsilon") and getattr(m, "weight", None) is not None:  # RMSNorm
-            with torch.no_grad():
-                m.weight.fill_(1.0)
+    """transformers' own initialisation (N(0, initializer_range) weights, zero biases, unit norms), the
+    one an unsharded `build_model` gets: torch's `reset_parameters` would draw N(0, 1) embeddings and
+    kaiming linears, so a from-scratch run would start elsewhere under FSDP2 than on one device."""
+    for m in model.modules():  # construction on the meta device marked everything as initialised
+        m.__dict__.pop("_is_hf_initialized", None)
+    model.janus.initialize_weights()
 
 
 def materialize_sharded(model, device: torch.device, full_state_dict: Callable[[], dict | None]) -> None:

@@ -143,6 +143,87 @@ def test_save_is_atomic(tmp_path, tiny_model, tiny_processor, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         save_transformers(tiny_model, tiny_processor, dst)
     assert sorted(p.name for p in dst.iterdir()) == before  # the previous export is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # and no half-written sibling is left
+
+
+def test_save_never_replaces_a_foreign_folder_nor_casts_the_callers_model(tmp_path, tiny_model, tiny_processor):
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a transformers Janus checkpoint"):
+        save_transformers(tiny_model, tiny_processor, tmp_path / "exports")
+    assert (tmp_path / "exports" / "notes.txt").read_text() == "mine"
+
+    save_transformers(tiny_model, tiny_processor, tmp_path / "bf16", dtype=torch.bfloat16)
+    assert tiny_model.llm.embed_tokens.weight.dtype == torch.float32  # the caller's model is unchanged
+    assert tiny_model.llm.rotary_emb.inv_freq.dtype == torch.float32
+    cfg = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert cfg["dtype"] == "bfloat16"
+    text = cfg["text_config"]  # the tokenizer's ids, not LlamaConfig's placeholders
+    assert (text["bos_token_id"], text["eos_token_id"], text["pad_token_id"]) == (
+        tiny_processor.bos_id, tiny_processor.eos_id, tiny_processor.pad_id)
+
+
+def test_sharded_checkpoint_reads_only_the_weights_and_never_runs_its_metadata(tmp_path, tiny_model, tiny_processor):
+    """Lightning's FSDP2 checkpoints are DCP directories: `state_dict` and `optimizer_0` entries, a pickled
+    `.metadata`, and `meta.pt`. Only the weights are read, and `.metadata` may name DCP records only."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from lit_janus.checkpoint import lightning_metadata
+
+    sd = {"model.janus." + k: v for k, v in tiny_model.janus.state_dict().items()}
+    optim = {"state": {k: {"exp_avg": torch.ones_like(v)} for k, v in sd.items()}}
+    d = tmp_path / "sharded"
+    dcp.save({"state_dict": sd, "optimizer_0": optim}, checkpoint_id=str(d), no_dist=True)
+    torch.save({"lit_janus": lightning_metadata(tiny_model.config, tiny_processor)}, d / "meta.pt")
+    reads = []
+    real_load = torch.load
+    # every tensor DCP reads passes through torch.load: count them (optimizer entries must not be among them)
+    torch.load = lambda *a, **k: reads.append(1) or real_load(*a, **k)
+    try:
+        model, _ = load_any(d)
+    finally:
+        torch.load = real_load
+    assert all(torch.equal(v, tiny_model.janus.state_dict()[k]) for k, v in model.janus.state_dict().items())
+    assert len(reads) == 1 + len(sd)  # meta.pt, then one read per model tensor
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (d / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match=r"names builtins.print.*refusing to unpickle"):
+        load_any(d)
+
+
+def test_bad_json_and_incomplete_configs_name_the_problem(tmp_path, tiny_hf_dir):
+    d = _copy(tiny_hf_dir, tmp_path)
+    (d / "preprocessor_config.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="cannot read .*preprocessor_config.json: JSONDecodeError"):
+        load_pretrained(d)
+    shutil.copy(tiny_hf_dir / "preprocessor_config.json", d)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["vq_config"]["num_embeddings"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="lacks the field 'num_embeddings'"):
+        load_pretrained(d)
+
+
+@pytest.mark.parametrize("processor_config, expected", [
+    ({"use_default_system_prompt": False}, ""), ({"use_default_system_prompt": True}, "default"),
+    ({"system_prompt": "Be brief.", "use_default_system_prompt": False}, "Be brief."), (None, "default")])
+def test_system_prompt_follows_the_processor_config(tmp_path, tiny_hf_dir, processor_config, expected):
+    from lit_janus.processor import DEFAULT_SYSTEM_PROMPT
+
+    d = _copy(tiny_hf_dir, tmp_path)
+    if processor_config is None:
+        (d / "processor_config.json").unlink()  # DeepSeek's VLChatProcessor default
+    else:
+        (d / "processor_config.json").write_text(json.dumps({"processor_class": "JanusProcessor",
+                                                             "num_image_tokens": 16} | processor_config))
+    _, proc = load_pretrained(d)
+    assert proc.system_prompt == (DEFAULT_SYSTEM_PROMPT if expected == "default" else expected)
 
 
 def test_low_precision_models_keep_float32_rope(tiny_config, tiny_hf_dir):

@@ -40,3 +40,29 @@ def test_ddp_two_process_train_save_resume(tmp_path, tiny_hf_dir):
     start, _ = load_any(tiny_hf_dir)
     assert not torch.equal(model.lm_head.weight, start.lm_head.weight)
     assert torch.equal(model.vq.decoder.conv_out.weight, start.vq.decoder.conv_out.weight)
+
+
+def test_fsdp2_random_init_draws_like_an_unsharded_model(tmp_path):
+    """A from-scratch FSDP2 run starts from transformers' initialisation (N(0, 0.02) weights, unit norms),
+    the one `build_model` gives on one device, not torch's reset_parameters (N(0, 1) embeddings)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lit_janus.checkpoint import build_model
+    from lit_janus.config import Config
+    from lit_janus.model import JanusPro
+    from lit_janus.sharding import materialize_sharded, shard_model
+
+    cfg = Config.from_name("tiny")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        with torch.device("meta"):
+            model = JanusPro(cfg)
+        shard_model(model, init_device_mesh("cpu", (1,)))
+        materialize_sharded(model, torch.device("cpu"), lambda: None)
+        sharded = {k: v.full_tensor() for k, v in model.janus.state_dict().items()}
+    finally:
+        dist.destroy_process_group()
+    for k, ref in build_model(cfg).janus.state_dict().items():
+        a, b = sharded[k].float(), ref.float()
+        assert abs(a.mean() - b.mean()) < 0.05 and abs(a.std() - b.std()) <= 0.3 * b.std() + 1e-3, k

@@ -431,9 +431,9 @@ def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype 
     Written into a temporary sibling directory and renamed, so a crash never leaves half a checkpoint;
     an existing export at `out_dir` is replaced, anything else there is refused."""
     out = Path(out_dir)
-    if out.exists() and not _is_export(out):
+    if out.exists() and not (out.is_dir() and (_is_export(out) or not any(out.iterdir()))):
         raise FileExistsError(f"{out} exists and is not a transformers Janus checkpoint (no config.json with "
-                              "model_type 'janus'): refusing to replace it. Name a new directory.")
+                              "model_type 'janus') nor an empty folder: refusing to replace it. Name a new directory.")
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -182,6 +182,8 @@ class PromptData(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.format, self.items = read_items(self.path, self.format)
+        if not self.items:
+            raise ValueError(f"{self.path} holds no prompts or questions (an empty file?)")
         if self.limit is not None:
             self.items = self.items[: self.limit]
 

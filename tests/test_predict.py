@@ -99,6 +99,12 @@ def test_read_items_reports_unusable_lines_as_bad_items(tmp_path):
     with pytest.raises(ValueError, match="format 'vqa' needs a JSONL file"):
         read_items(tmp_path / "prompts", "vqa")
 
+    from lit_janus.predict import PromptData
+
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        PromptData(str(tmp_path / "empty.txt")).setup("predict")
+
 
 @pytest.mark.skipif(not GENEVAL.is_file(), reason="GenEval metadata not present")
 def test_geneval_metadata_file_is_detected():

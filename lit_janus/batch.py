@@ -5,7 +5,8 @@ Every position of a batch says, on its own, what enters the model and what it mu
 - `image_mask`  placeholder positions that receive SigLIP+aligner features (understanding);
 - `text_labels` the token `lm_head` must predict *from this position* (-100: none);
 - `gen_labels`  the code `gen_head` must predict from this position (-100: none);
-- `task_ids`    which stream the position's document came from (0 pad, 1 und, 2 text, 3 t2i).
+- `task_ids`    which stream the position's document came from (0 pad, 1 und, 2 text, 3 t2i);
+- `encode_mask` (with `gen_pixels` only) the documents whose codes `fill_codes` still has to write.
 Labels are stored already shifted, so the model never shifts: that is where the classic
 "first image code is never supervised" off-by-one comes from.
 """
@@ -97,9 +98,13 @@ def collate(samples: list[Sample], pad_id: int, pack_length: int | None = None) 
     if pixels:
         out["pixel_values"] = torch.cat(pixels)
     if gen_pixels:
-        if len(gen_pixels) != sum(s.task == "t2i" for s in samples):
-            raise ValueError("a batch must not mix t2i samples with codes and with pixels still to encode")
         out["gen_pixels"] = torch.stack(gen_pixels)
+        # the documents whose codes are placeholders until fill_codes: t2i samples with pre-extracted
+        # codes may share the batch (a codes manifest next to an image folder)
+        pending = torch.tensor([s.gen_pixels is not None for s in ordered])
+        encode_mask = torch.zeros(B * width, dtype=torch.bool)
+        encode_mask[dest] = torch.repeat_interleave(pending, lens)
+        out["encode_mask"] = encode_mask.view(B, width)
     return out
 
 
@@ -129,13 +134,15 @@ def first_fit(lengths: list[int], pack_length: int) -> list[list[int]]:
 
 
 def fill_codes(batch: dict[str, torch.Tensor], codes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Write VQ codes ([n_images, N] long, in batch order) of `gen_pixels` images into a collated
-    batch: each image has N-1 input positions (code0..code_{N-2}) and N target positions."""
-    gen_mask, targets = batch["gen_mask"], batch["gen_labels"] != IGNORE
-    if int(gen_mask.sum()) != codes.shape[0] * (codes.shape[1] - 1) or int(targets.sum()) != codes.numel():
+    """Write the VQ codes ([n_images, N] long, in batch order) of the `gen_pixels` images into a collated
+    batch, at the documents `encode_mask` marks: each image has N-1 input positions (code0..code_{N-2})
+    and N target positions. Other t2i documents keep their pre-extracted codes."""
+    pending = batch["encode_mask"]
+    inputs, targets = batch["gen_mask"] & pending, (batch["gen_labels"] != IGNORE) & pending
+    if int(inputs.sum()) != codes.shape[0] * (codes.shape[1] - 1) or int(targets.sum()) != codes.numel():
         raise ValueError(f"{tuple(codes.shape)} codes do not match the batch's image-code positions")
     batch = dict(batch)
-    batch["input_ids"] = batch["input_ids"].masked_scatter(gen_mask, codes[:, :-1].contiguous())
+    batch["input_ids"] = batch["input_ids"].masked_scatter(inputs, codes[:, :-1].contiguous())
     batch["gen_labels"] = batch["gen_labels"].masked_scatter(targets, codes.contiguous())
-    batch.pop("gen_pixels", None)
+    del batch["gen_pixels"], batch["encode_mask"]
     return batch

@@ -8,6 +8,8 @@ FSDP2 sees one root module. The weights live in `self.janus`, a
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -133,6 +135,7 @@ class JanusPro(nn.Module):
 
         Logits are computed only at supervised positions: the 102400-wide text logits of prompt
         and image positions would be most of the activation memory and all of it wasted."""
+        self.check_codes(batch["gen_labels"])
         embeds = self.input_embeddings(
             batch["input_ids"], batch.get("gen_mask"), batch.get("image_mask"), batch.get("pixel_values")
         )
@@ -171,6 +174,23 @@ class JanusPro(nn.Module):
             out["gen_loss"] = zero
             out["gen_correct"] = torch.zeros_like(out["gen_tokens"])
         return out
+
+    def check_codes(self, gen_labels: torch.Tensor) -> None:
+        """Raise ValueError for a VQ code outside the codebook (pre-extracted codes of another VQ).
+
+        On a GPU such a code is a device-side assert in gen_embed or the loss, which names nothing
+        and poisons the CUDA context, but checking costs a host sync every step. So it runs on CPU,
+        and on a GPU only under CUDA_LAUNCH_BLOCKING=1 (what that assert's message suggests, and
+        already synchronous). The data side rejects negative codes; only the model knows the size."""
+        if gen_labels.device.type != "cpu" and os.environ.get("CUDA_LAUNCH_BLOCKING") != "1":
+            return
+        codes = gen_labels[gen_labels != IGNORE]  # every code of a t2i sample is a target
+        if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < self.config.codebook_size:
+            raise ValueError(
+                f"VQ codes {int(codes.min())}..{int(codes.max())} in the batch, but the codebook has "
+                f"{self.config.codebook_size} codes (0..{self.config.codebook_size - 1}): pre-extracted codes "
+                "must come from this model's VQ (configs/predict/extract_codes.yaml)"
+            )
 
     # ---- inference helpers ------------------------------------------------------------------
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:

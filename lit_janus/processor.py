@@ -145,18 +145,33 @@ class JanusProcessor:
             if piece_i:
                 ids += [self.boi_id] + [self.image_id] * self.num_image_tokens + [self.eoi_id]
             ids += self.encode(piece)
+        self.check_image_slots(ids, n_images)
         return ids
+
+    def check_image_slots(self, ids: list[int], n_images: int) -> None:
+        """Raise ValueError unless `ids` hold exactly `num_image_tokens` placeholders per image: the
+        model fills placeholder positions with image features, so a mismatch would fail the step."""
+        slots = ids.count(self.image_id)
+        if slots != n_images * self.num_image_tokens:
+            raise ValueError(
+                f"{n_images} image(s) need {n_images * self.num_image_tokens} {IMAGE} positions but the sequence "
+                f"has {slots}: the images go before the question by themselves, so remove {IMAGE} markers from "
+                "the text"
+            )
 
     def understanding_sample(self, images, question: str, answer: str) -> Sample:
         """Training sample: loss on ' ANSWER<eos>' only. Raises PromptTooLongError rather than
-        truncating a supervised answer."""
+        truncating a supervised answer, and ValueError for no images or a placeholder in the text."""
         images = images if isinstance(images, (list, tuple)) else [images]
+        if not images:
+            raise ValueError("an understanding sample needs at least one image")
         if not answer.strip():
             raise ValueError("empty answer")
         prompt = self.understanding_ids(question, len(images))
         answer_ids = self.encode(" " + answer) + [self.eos_id]
         ids = prompt + answer_ids
         self._check_length(len(ids), "understanding sample")
+        self.check_image_slots(ids, len(images))  # the answer may hold one too
         pixels = torch.stack([understanding_pixels(im, self.image) for im in images])
         t = torch.tensor(ids)
         text_labels = torch.full_like(t, IGNORE)

@@ -70,15 +70,26 @@ def test_every_record_format_parses(tmp_path, tiny_processor):
         {"codes": "x.npy", "caption": "a red circle"},
         {"codes": list(range(16)), "prompt": "a red circle"},
         {"codes": "all.npy", "codes_row": 1, "caption": "a red circle"},
+        {"image": ["a.png", "b.png"], "question": "what colour?", "answer": "green"},
+        {"image": "a.png", "conversations": [{"role": "User", "content": "what colour?"},  # Janus-1.3B's roles
+                                             {"role": "Assistant", "content": "green"}]},
+        {"image": "a.png", "conversations": [{"role": "USER", "content": "what colour?"},
+                                             {"role": "<|Assistant|>", "content": "green"}]},
     ], extra_lines=[""])  # blank lines are ignored
     src = JsonlSource(str(m))
-    assert len(src) == 9 and src[0]["image"] == str(tmp_path / "data" / "a.png")  # relative to the manifest
+    assert len(src) == 12 and src[0]["image"] == str(tmp_path / "data" / "a.png")  # relative to the manifest
+    assert src[9]["image"] == [str(tmp_path / "data" / "a.png"), str(tmp_path / "data" / "b.png")]
     und = [to_sample("und", p, src[i]) for i in range(4)]
     for s in und[:3]:  # three spellings of one conversation give one sample
         assert torch.equal(s.input_ids, und[0].input_ids) and torch.equal(s.text_labels, und[0].text_labels)
         assert s.pixel_values.shape == (1, 3, 32, 32) and int(s.image_mask.sum()) == p.num_image_tokens
     assert supervised_text(p, und[0]) == " green" + p.tokenizer.eos_token
     assert und[3].pixel_values.shape[0] == 2 and int(und[3].image_mask.sum()) == 2 * p.num_image_tokens
+    listed = to_sample("und", p, src[9])  # "image": [...] is "images": [...]
+    assert torch.equal(listed.input_ids, und[3].input_ids) and torch.equal(listed.pixel_values, und[3].pixel_values)
+    for i in (10, 11):  # roles in any case
+        s = to_sample("und", p, src[i])
+        assert torch.equal(s.input_ids, und[0].input_ids) and torch.equal(s.text_labels, und[0].text_labels)
     text = to_sample("text", p, src[4])
     assert text.task == "text" and text_of(p, text).endswith("circle." + p.tokenizer.eos_token)
     pix = to_sample("t2i", p, src[5])
@@ -114,6 +125,11 @@ BAD_RECORDS = {
     "no image": {"question": "q", "answer": "a"},
     "too long": {"image": "ok.png", "question": "q " * 600, "answer": "a"},
     "assistant first": {"image": "ok.png", "conversations": [{"role": "assistant", "content": "a"}]},
+    "empty image list": {"images": [], "question": "q", "answer": "a"},
+    "more markers than images": {"image": "ok.png", "conversations": [
+        {"role": "user", "content": "<image_placeholder>\nq"}, {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "and <image_placeholder>?"}, {"role": "assistant", "content": "b"}]},
+    "placeholder in an answer": {"image": "ok.png", "question": "q", "answer": "a <image_placeholder>"},
 }
 
 
@@ -142,6 +158,60 @@ def test_bad_text_and_t2i_records(tmp_path, tiny_processor):
     # a stream of nothing but bad records stops with a clear error instead of spinning forever
     with pytest.raises(BadSampleError, match="bad records in a row in the t2i stream"):
         next(iter(TaskStream("t2i", [src], p, 1)))
+
+
+def test_bad_codes_are_bad_records_naming_the_field(tmp_path, tiny_processor):
+    np.save(tmp_path / "all.npy", np.arange(48, dtype=np.int16).reshape(3, 16))
+    np.save(tmp_path / "neg.npy", np.full(16, -3, dtype=np.int64))
+    cases = {  # record -> what the error names
+        "codes_row 3 is not a row of": {"codes": "all.npy", "codes_row": 3},
+        "codes_row -1 is not a row of": {"codes": "all.npy", "codes_row": -1},
+        "codes_row must be an integer": {"codes": "all.npy", "codes_row": "1"},
+        "codes must be integers, got object": {"codes": [None] * 16},
+        "codes must be integers, got float64": {"codes": [1.5] * 16},
+        "codes must be a flat list": {"codes": [[1, 2], [3]]},
+        "codes: negative VQ code -1": {"codes": [-1] * 16},
+        "neg.npy: negative VQ code -3": {"codes": "neg.npy"},
+        "expected 16 image codes, got 15": {"codes": list(range(15))},
+    }
+    records = [{**r, "caption": "a red circle"} for r in cases.values()]
+    src = JsonlSource(str(write_jsonl(tmp_path / "m.jsonl", records)))
+    for i, expected in enumerate(cases):
+        with pytest.raises(ValueError, match=expected):
+            to_sample("t2i", tiny_processor, src[i])
+    # in a stream: skipped and counted, never a crash (they were TypeError / IndexError)
+    with pytest.raises(BadSampleError, match="bad records in a row in the t2i stream"):
+        next(iter(TaskStream("t2i", [src], tiny_processor, 1)))
+
+
+def test_codes_outside_the_codebook_stop_the_step_with_a_clear_error(tiny_model, tiny_processor):
+    p, size = tiny_processor, tiny_model.config.codebook_size
+    codes = torch.arange(16)
+    tiny_model.check_codes(collate([p.t2i_sample("a red circle", codes)], p.pad_id)["gen_labels"])  # in range
+    codes[5] = size
+    batch = collate([p.t2i_sample("a red circle", codes)], p.pad_id)
+    with pytest.raises(ValueError, match=rf"VQ codes 0\.\.{size} in the batch, but the codebook has {size} codes"):
+        tiny_model(batch)  # on CPU the training forward checks before embedding them
+
+
+def test_image_markers_are_dropped_and_name_each_image_once(tiny_processor):
+    p = tiny_processor
+    img = Image.new("RGB", (20, 20))
+    plain = to_sample("und", p, {"image": img, "question": "what colour?", "answer": "green"})
+    for q in ("<image_placeholder>\nwhat colour?", "<image>\nwhat colour?", "what colour? <image>"):
+        for record in ({"image": img, "question": q, "answer": "green"},
+                       {"image": img, "conversations": [{"role": "user", "content": q},
+                                                        {"role": "assistant", "content": "green"}]}):
+            assert torch.equal(to_sample("und", p, record).input_ids, plain.input_ids), (q, record.keys())
+    # DeepSeek places an image at each marker; here both images go first and the markers leave the text
+    s = to_sample("und", p, {"images": [img, img], "conversations": [
+        {"role": "user", "content": "<image_placeholder>\nwhat colour?"}, {"role": "assistant", "content": "green"},
+        {"role": "user", "content": "and <image_placeholder> here?"}, {"role": "assistant", "content": "three"}]})
+    assert s.pixel_values.shape[0] == 2 and int(s.image_mask.sum()) == 2 * p.num_image_tokens
+    text = p.tokenizer.decode([i for i in s.input_ids.tolist() if i != p.image_id])
+    assert text.count("<begin_of_image>") == 2 and text.endswith(
+        "<end_of_image>\nwhat colour?\n\n<|Assistant|>: green" + p.tokenizer.eos_token
+        + "<|User|>: and here?\n\n<|Assistant|>: three" + p.tokenizer.eos_token)
 
 
 def test_a_supervised_answer_is_never_truncated(tiny_processor):
@@ -203,6 +273,10 @@ def test_every_step_on_every_rank_has_the_exact_ratio_and_ranks_are_disjoint(tmp
     assert len(set(t2i)) == 60  # one full epoch over both ranks: every record exactly once
 
 
+def as_is(x):  # a module-level collate_fn: DataLoader workers started by spawn must pickle it
+    return x
+
+
 def test_stream_is_independent_of_workers_and_resumes_at_a_step(tmp_path, tiny_processor):
     from torch.utils.data import DataLoader
 
@@ -211,7 +285,7 @@ def test_stream_is_independent_of_workers_and_resumes_at_a_step(tmp_path, tiny_p
 
     def run(workers, start=0, steps=7):
         stream = TaskStream("text", [JsonlSource(str(path))], p, 3, seed=1, start_step=start)
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=as_is)
         out = []
         for b in loader:
             out.append(_ids(p, b))
@@ -372,6 +446,29 @@ def test_t2i_images_are_encoded_on_the_fly(tmp_path, tiny_processor):
     assert sorted(filled["gen_labels"][filled["gen_labels"] != IGNORE].view(3, 16).tolist()) == sorted(codes.tolist())
 
 
+def test_t2i_codes_and_images_mix_in_one_batch(tmp_path, tiny_processor):
+    p = tiny_processor
+
+    def vq(pixels):  # a stand-in VQ: distinct codes per image, in [0, 64)
+        return ((pixels.mean(dim=(1, 2, 3)) + 1) * 20).round().long()[:, None] + torch.arange(16)
+
+    images = [str(write_image(tmp_path / f"{i}.png", value=50 * i)) for i in range(5)]
+    codes = vq(torch.stack([p.generation_pixels(im) for im in images]))
+    assert len({tuple(c) for c in codes.tolist()}) == 5
+    every = [{"image": im, "caption": f"caption {i}"} for i, im in enumerate(images)]
+    mixed = [r if i % 2 else {"codes": codes[i].tolist(), "caption": r["caption"]} for i, r in enumerate(every)]
+    for pack_length in (None, 256):  # padded rows, and several documents per row
+        a, b = (merge({"t2i": TaskStream("t2i", [JsonlSource(str(write_jsonl(tmp_path / f"{name}.jsonl", records)))],
+                                         p, 5, shuffle=False).batch_at(0)}, p.pad_id, pack_length)
+                for name, records in (("every", every), ("mixed", mixed)))
+        assert a["gen_pixels"].shape[0] == 5 and b["gen_pixels"].shape[0] == 2  # only the images to encode
+        a, b = fill_codes(a, vq(a["gen_pixels"])), fill_codes(b, vq(b["gen_pixels"]))
+        assert "encode_mask" not in b and "gen_pixels" not in b
+        for key in ("input_ids", "gen_labels", "gen_mask", "position_ids"):
+            assert torch.equal(a[key], b[key]), key
+        assert sorted(b["gen_labels"][b["gen_labels"] != IGNORE].view(5, 16).tolist()) == sorted(codes.tolist())
+
+
 # ---- class folders and ShapesWorld --------------------------------------------------------------
 def test_class_folder_source(tmp_path, tiny_processor):
     root = tmp_path / "imagenet" / "train"
@@ -411,6 +508,8 @@ def test_shapes_sources_are_deterministic_per_index(tiny_processor):
 
 # ---- litdata ------------------------------------------------------------------------------
 def test_litdata_round_trip(tmp_path, tiny_processor):
+    import multiprocessing
+
     import litdata  # noqa: F401  (installed by .ci/run; a missing one must fail, not skip)
     from lit_janus.data.optimize import main as optimize_main
 
@@ -418,11 +517,17 @@ def test_litdata_round_trip(tmp_path, tiny_processor):
     for i in range(8):
         write_image(tmp_path / "img" / f"{i}.png", value=25 * i)
     (tmp_path / "img" / "bad.png").write_bytes(b"garbage")
+    codes = np.arange(32).reshape(2, 16)
+    codes[1] = -1  # a row the extractor could not fill
+    np.save(tmp_path / "codes.npy", codes)
     records = [{"image": f"img/{i}.png", "caption": f"caption {i}"} for i in range(8)]
-    records.append({"image": "img/bad.png", "caption": "bad"})  # left out by the converter
+    records.append({"image": "img/bad.png", "caption": "bad"})  # left out by the converter, and so are
+    records += [{"codes": "codes.npy", "codes_row": row, "caption": "c"} for row in (1, 2)]  # these (row 2: none)
     records.append({"images": ["img/0.png", "img/1.png"], "question": "q", "answer": "two"})
     manifest = write_jsonl(tmp_path / "m.jsonl", records)
+    start_method = multiprocessing.get_start_method()
     optimize_main([str(manifest), str(tmp_path / "lit"), "--num-workers", "0"])
+    assert multiprocessing.get_start_method() == start_method  # litdata sets spawn; later DataLoaders keep ours
 
     source = StreamingSource(str(tmp_path / "lit"), shuffle=True)
     items = list(source.dataset(seed=0, rank=0, world_size=1))
@@ -451,3 +556,49 @@ def test_litdata_round_trip(tmp_path, tiny_processor):
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 8  # (drop_last left the 9th item out)
     one = [b for _, b in zip(range(9), TaskStream("t2i", source, p, 2))]  # 2 epochs of 9 items, 1 bad
     assert sum(b.skipped for b in one) == 2 and all(len(b.samples) == 2 for b in one)
+    # a bad record is replaced from elsewhere: the stream still reads exactly 2 records a step
+    assert [b.position for b in one] == [(0, 2 * (t + 1)) for t in range(9)]
+
+
+def write_litdata(path, manifest, chunk_size=3):
+    """`optimize`'s items, written with litdata's writer directly (`optimize` takes seconds to start)."""
+    from litdata.streaming.writer import BinaryWriter
+    from lit_janus.data.optimize import item
+
+    src = JsonlSource(str(manifest))
+    writer = BinaryWriter(str(path), chunk_size=chunk_size)
+    for i in range(len(src)):
+        writer[i] = item(i, src)
+    writer.done()
+    writer.merge()
+    return StreamingSource(str(path))
+
+
+def test_litdata_stream_resumes_exactly_with_several_workers(tmp_path, tiny_processor):
+    from torch.utils.data import DataLoader
+
+    p = tiny_processor
+    manifest = write_jsonl(tmp_path / "t.jsonl", [{"text": f"doc {i}"} for i in range(20)])
+    source = write_litdata(tmp_path / "lit", manifest)
+
+    def run(start, steps, offsets, workers=2):
+        """`steps` steps from `start`, and the records read from each shard after them (what
+        JanusDataModule keeps for the next resume)."""
+        stream = TaskStream("text", source, p, 2, seed=1, start_step=start, shard_offsets=offsets)
+        out, read = [], list(offsets or [0] * workers)
+        for b in DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=as_is):
+            out.append(_ids(p, b))
+            shard, read[shard] = b.position
+            if len(out) == steps:
+                return out, read
+
+    straight, read = run(0, 8, [0, 0])
+    assert read == [8, 8] and len(set(sum(straight, []))) == 16  # 16 of an epoch of 20: no repeats
+    resumed, read = [], [0, 0]
+    for start, steps in ((0, 1), (1, 1), (2, 3), (5, 3)):  # resumes at odd and even steps
+        part, read = run(start, steps, read)
+        resumed += part
+    assert resumed == straight and read == [8, 8]
+    assert run(3, 2, None)[0] == straight[3:5]  # no offsets: as if this layout had run since step 0
+    with pytest.raises(ValueError, match="shard_offsets for 3 DataLoader workers but runs in 1"):
+        next(iter(TaskStream("text", source, p, 2, shard_offsets=[0, 0, 0])))

@@ -95,7 +95,8 @@ def test_fit_mixes_the_exact_ratio_every_step_and_validates_on_held_out_data(tmp
     assert len(model.val_seen) == 4 and all(s["counts"] == [2, 3, 5] for s in model.val_seen)
     assert model.val_seen[:2] == model.val_seen[2:]
     assert all(d.startswith("val ") for s in model.val_seen for d in s["docs"])
-    assert dm.state_dict() == {"train_steps": 12}
+    # where the streams resume: micro-batches, and each task's samples drawn by all ranks
+    assert dm.state_dict() == {"train_steps": 12, "samples": {"und": 24, "text": 36, "t2i": 60}}
 
 
 def test_ratio_zero_switches_a_stream_off_and_stage_batch_errors_are_clear(tmp_path, tok_dir, tiny_tokenizer):
@@ -128,6 +129,65 @@ def test_resume_continues_with_the_same_batches(tmp_path, tok_dir, tiny_tokenize
         resumed, dm(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt"))
     assert len(straight.train_seen) == 12 and len(resumed.train_seen) == 6
     assert first.train_seen == straight.train_seen[:6] and resumed.train_seen == straight.train_seen[6:]
+
+
+def layout(rank, world_size, accumulate):
+    """What JanusDataModule reads from its trainer, for a layout a CPU test cannot launch."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(global_rank=rank, world_size=world_size, num_nodes=1, accumulate_grad_batches=accumulate,
+                           training=True)
+
+
+def test_resume_with_other_devices_or_accumulation_continues_the_data_exactly(tmp_path, tok_dir, tiny_tokenizer):
+    paths = manifests(tmp_path / "data", n=40)
+
+    def steps(fake_trainer, n, state=None):
+        """The documents of each of `n` micro-batches, and the datamodule's state after them."""
+        dm = JanusDataModule(tokenizer=tok_dir, ratio=TaskRatio(2, 3, 5), global_batch_size=40, image_size=32,
+                             num_image_tokens=16, max_length=512, num_workers=0, cfg_dropout=0.0,
+                             **sources(paths))
+        dm.trainer = fake_trainer
+        dm.setup("fit")
+        if state is not None:
+            dm.load_state_dict(state)
+        loaders = {t: iter(loader) for t, loader in dm.train_dataloader().iterables.items()}
+        docs = [fingerprint(dm.on_before_batch_transfer({t: next(it) for t, it in loaders.items()}, 0),
+                            tiny_tokenizer)["docs"] for _ in range(n)]
+        return docs, dm.state_dict()
+
+    # 2 devices x 1 micro-batch of 4/6/10: 3 optimizer steps, checkpoint, 3 more (the straight run)
+    straight = [steps(layout(rank, 2, 1), 6)[0] for rank in range(2)]
+    _, state = steps(layout(0, 2, 1), 3)
+    assert state == {"train_steps": 3, "samples": {"und": 24, "text": 36, "t2i": 60}}
+    assert steps(layout(0, 2, 1), 3, {"train_steps": 3})[0] == straight[0][3:]  # a checkpoint from before "samples"
+    for world, accumulate in ((1, 2), (4, 1)):  # the same 40 samples per optimizer step
+        resumed = [steps(layout(rank, world, accumulate), 3 * accumulate, state)[0] for rank in range(world)]
+        for k in range(3):  # each optimizer step draws the same documents as the straight run's
+            expected = sorted(straight[0][3 + k] + straight[1][3 + k])
+            got = sorted(d for rank in resumed for micro in rank[k * accumulate:(k + 1) * accumulate] for d in micro)
+            assert got == expected, (world, accumulate, k)
+
+
+def test_litdata_positions_survive_a_resume_and_warn_in_another_layout(tmp_path, tok_dir):
+    from lit_janus.data import StreamingSource
+
+    dm = JanusDataModule(tokenizer=tok_dir, ratio=TaskRatio(0, 0, 1), global_batch_size=8, image_size=32,
+                         num_image_tokens=16, max_length=512, num_workers=2, t2i=[StreamingSource(str(tmp_path))])
+    # 5 steps of 4 samples on each of 2 ranks: steps 0, 2, 4 read worker 0's shard, steps 1, 3 worker 1's
+    saved = {"train_steps": 5, "samples": {"t2i": 40},
+             "shards": {"t2i": {"world_size": 2, "workers": 2, "read": [12, 8]}}}
+
+    def offsets(world):
+        dm.trainer = layout(0, world, 1)
+        dm.setup("fit")
+        dm.load_state_dict(saved)
+        stream = dm.train_dataloader().iterables["t2i"].dataset
+        return stream.start_step, stream.shard_offsets
+
+    assert offsets(2) == (5, [12, 8])  # the saved layout: every shard continues where it stopped
+    with pytest.warns(UserWarning, match="this epoch's order does not continue exactly"):
+        assert offsets(1) == (5, [20, 20])  # 2 ranks read 40 records: 20 for each of this rank's 2 shards
 
 
 def test_bad_records_are_counted_in_the_batch_or_stop_a_strict_run(tmp_path, tok_dir, tiny_tokenizer):

@@ -121,3 +121,18 @@ def test_sample_labels(tiny_processor):
 
     txt = p.text_sample("the triangle is left of the circle.")
     assert torch.equal(txt.text_labels[:-1], txt.input_ids[1:]) and int(txt.text_labels[-1]) == IGNORE
+
+
+def test_image_slots_must_match_the_images(tiny_processor):
+    """The model fills placeholder positions with image features: a stray marker in the text (the
+    processor places the images itself) or a missing image is an error here, not in the training step."""
+    p, img = tiny_processor, Image.new("RGB", (8, 8))
+    assert p.understanding_ids("what?", 2).count(p.image_id) == 2 * p.num_image_tokens
+    with pytest.raises(ValueError, match=r"1 image\(s\) need 16 <image_placeholder> positions but the sequence has 32"):
+        p.understanding_ids("<image_placeholder>\nwhat?")  # DeepSeek's marker would make a second image block
+    with pytest.raises(ValueError, match="need 0 .* has 1"):
+        p.understanding_ids("<image_placeholder>what?", 0)  # a text-only question
+    with pytest.raises(ValueError, match="has 17"):
+        p.understanding_sample(img, "what?", "this <image_placeholder>")
+    with pytest.raises(ValueError, match="at least one image"):
+        p.understanding_sample([], "what?", "green")

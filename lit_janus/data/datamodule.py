@@ -9,8 +9,9 @@ and validate every `val_check_interval: <int>` steps (an endless loader has no e
 The batch the LightningModule receives (all tensors; see `lit_janus.batch` for the first group):
     input_ids, position_ids, text_labels, gen_labels, gen_mask, image_mask, task_ids  [rows, length]
     pixel_values   [n_und_images, 3, S, S]  understanding images (only if the step has any)
-    gen_pixels     [n_t2i, 3, S, S] in [-1, 1]  t2i images still to VQ-encode (only for image
-                   records): `batch = lit_janus.batch.fill_codes(batch, model.encode_images(gen_pixels))`
+    gen_pixels     [n, 3, S, S] in [-1, 1]  t2i images still to VQ-encode (only for image records;
+                   `encode_mask` [rows, length] marks their documents, next to t2i samples with
+                   pre-extracted codes): `batch = lit_janus.batch.fill_codes(batch, model.encode_images(gen_pixels))`
     samples_und, samples_text, samples_t2i   samples of each task in this step (0-dim long)
     skipped_und, skipped_text, skipped_t2i   bad records skipped (and replaced) to fill this step
     cfg_dropped    t2i samples that got the unconditional prompt (classifier-free guidance)
@@ -143,7 +144,15 @@ class JanusDataModule(L.LightningDataModule):
         self.active = active
         self.batch_sizes: dict[str, int] | None = None
         self._processor: JanusProcessor | None = None
-        self._train_steps = 0  # micro-batches consumed: where the train streams resume
+        # Where the train streams resume (Lightning saves this in checkpoints; counted in the main process,
+        # so prefetched steps do not count). Positions are kept per task in samples, not steps, so that a
+        # run resumes exactly with another world size or gradient accumulation (same per-task samples per
+        # optimizer step): map-style streams are one sequence of records over all ranks (stream.py).
+        self._train_steps = 0  # micro-batches consumed
+        self._samples: dict[str, int] = {}  # per task, consumed by all ranks
+        self._steps_only = False  # a checkpoint from before `_samples`: its position is train_steps x this layout
+        # litdata tasks: {"world_size", "workers", "read": records read from each worker's shard, on every rank}
+        self._shards: dict[str, dict] = {}
 
     @property
     def ratio_str(self) -> str:
@@ -185,14 +194,48 @@ class JanusDataModule(L.LightningDataModule):
             + (f", packed into rows of {self.pack_length} tokens" if self.pack_length else "")
         )
 
+    def _resume_at(self, task: str, streaming: bool) -> tuple[int, list[int] | None]:
+        """(start_step, shard_offsets) of a train stream in this layout, from the position reached so far."""
+        _, world, _, _ = self._layout()
+        per_step = self.batch_sizes[task] * world  # samples of the task per micro-batch, all ranks
+        consumed = self._samples.setdefault(task, self._train_steps * per_step if self._steps_only else 0)
+        start, extra = divmod(consumed, per_step)
+        if extra:  # another split of the task's samples per optimizer step (round_ratio, global_batch_size)
+            rank_zero_warn(f"the {task} stream resumes after {consumed} samples, not a whole number of this "
+                           f"layout's steps of {per_step}: {extra} samples are drawn a second time")
+        if not streaming:
+            return start, None
+        workers = max(1, self.num_workers)  # litdata shards of this rank: one per DataLoader worker
+        saved = self._shards.get(task)
+        if saved is None:  # every step so far read its records from shard step mod workers
+            read = [self.batch_sizes[task] * len(range(r, start, workers)) for r in range(workers)]
+        elif (saved["world_size"], saved["workers"]) == (world, workers):
+            read = saved["read"]
+        else:
+            # litdata splits the data into shards per rank and worker by chunks, so in another layout no
+            # shard continues where an old one stopped. A warning, not an error: resuming on other
+            # hardware must stay possible, and the cost is this epoch's order (records seen twice or not
+            # at all). Each new shard skips its share of the records read so far.
+            rank_zero_warn(
+                f"the litdata {task} stream was saved with world_size {saved['world_size']} and "
+                f"{saved['workers']} DataLoader worker(s), and resumes with {world} and {workers}: the litdata "
+                "shards differ, so this epoch's order does not continue exactly (some records repeat, others "
+                "are left out). Resume with the saved world_size and num_workers to continue exactly."
+            )
+            read = [sum(saved["read"]) * saved["world_size"] // (world * workers)] * workers
+        self._shards[task] = {"world_size": world, "workers": workers, "read": read}
+        return start, read
+
     def _loader(self, task: str, sources, *, train: bool) -> DataLoader:
         rank, world, nodes, _ = self._layout()
+        streaming = len(sources) == 1 and isinstance(sources[0], StreamingSource)
+        start, offsets = self._resume_at(task, streaming) if train else (0, None)
         stream = TaskStream(
-            task, sources[0] if len(sources) == 1 and isinstance(sources[0], StreamingSource) else sources,
+            task, sources[0] if streaming else sources,
             self.processor, self.batch_sizes[task], rank=rank, world_size=world, num_nodes=nodes,
-            seed=self.seed if train else self.seed + 1, shuffle=train,
-            start_step=self._train_steps if train else 0, num_steps=None if train else self.val_batches,
-            cfg_dropout=self.cfg_dropout if train else 0.0, strict=self.strict,
+            seed=self.seed if train else self.seed + 1, shuffle=train, start_step=start, shard_offsets=offsets,
+            num_steps=None if train else self.val_batches, cfg_dropout=self.cfg_dropout if train else 0.0,
+            strict=self.strict,
         )
         if self.num_workers > 0:
             # the fast tokenizer's thread pool does not survive fork; without this it warns in every worker
@@ -222,13 +265,29 @@ class JanusDataModule(L.LightningDataModule):
         Runs in the main process, right before the step: counting here counts consumed steps only."""
         if isinstance(batch, dict) and batch and all(isinstance(v, TaskBatch) for v in batch.values()):
             if self.trainer is not None and self.trainer.training:
-                self._train_steps += 1
+                self._advance(batch)
             return merge(batch, self.processor.pad_id, self.pack_length)
         return batch
 
-    def state_dict(self) -> dict[str, int]:
-        # the streams are pure functions of the step, so the step count is the whole loader state
-        return {"train_steps": self._train_steps}
+    def _advance(self, parts: dict[str, TaskBatch]) -> None:
+        _, world, _, _ = self._layout()
+        self._train_steps += 1
+        for task, part in parts.items():
+            self._samples[task] += len(part.samples) * world
+            if part.position is not None:
+                shard, read = part.position
+                self._shards[task]["read"][shard] = read
 
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+    def state_dict(self) -> dict:
+        # the streams are pure functions of their position, so these counts are the whole loader state
+        # (plain ints and lists: sharded checkpoints reload it with weights_only=True)
+        state = {"train_steps": self._train_steps, "samples": dict(self._samples)}
+        if self._shards:
+            state["shards"] = {t: {**v, "read": list(v["read"])} for t, v in self._shards.items()}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
         self._train_steps = int(state_dict.get("train_steps", 0))
+        self._samples = {t: int(n) for t, n in state_dict.get("samples", {}).items()}
+        self._steps_only = "samples" not in state_dict
+        self._shards = {t: {**v, "read": [int(n) for n in v["read"]]} for t, v in state_dict.get("shards", {}).items()}

@@ -6,7 +6,8 @@ Each item is `{"record": JSON, "image": bytes}`: the record as in the manifest (
 `lit_janus.data.sources`) and the original bytes of its image file(s), so nothing is re-encoded
 and the directory is self-contained (copy it to a bucket and stream it with `StreamingSource`).
 Pre-extracted codes are stored inline as a list. Records whose images are missing or do not
-decode are left out and counted; everything else is checked when training reads it.
+decode, or whose codes file/row is unusable, are left out and counted; everything else is checked
+when training reads it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from lit_janus.data.sources import ClassFolderSource, JsonlSource, Source
+from lit_janus.data.tasks import load_codes
 
 
 def _image_bytes(image: Any) -> bytes:
@@ -38,13 +39,10 @@ def item(index: int, source: Source) -> dict[str, Any] | None:
     """One litdata item for `source[index]`, or None (litdata drops it) for a bad record."""
     try:
         record = dict(source[index])
-        images = record.pop("images", None) or ([record.pop("image")] if "image" in record else [])
-        blobs = [_image_bytes(im) for im in images]
-        codes = record.get("codes")
-        if isinstance(codes, str):  # inline: one self-contained item
-            arr = np.load(codes, mmap_mode="r")
-            row = record.pop("codes_row", None)
-            record["codes"] = (arr[int(row)] if row is not None else arr).reshape(-1).astype(int).tolist()
+        images = record.pop("images", None) or record.pop("image", None) or []
+        blobs = [_image_bytes(im) for im in (images if isinstance(images, list) else [images])]
+        if isinstance(record.get("codes"), str):  # inline: one self-contained item (checked as in training)
+            record["codes"] = load_codes(record["codes"], record.pop("codes_row", None)).tolist()
         if blobs:
             record["_image_sizes"] = [len(b) for b in blobs]
             if len(blobs) > 1:
@@ -63,10 +61,18 @@ def open_source(path: str) -> Source:
 
 def optimize_source(source: Source, output_dir: str, num_workers: int = 1, chunk_bytes: str = "64MB") -> int:
     """Write `source` to `output_dir`; returns the number of records written."""
+    import multiprocessing
+
     from litdata import StreamingDataset, optimize
 
-    optimize(fn=functools.partial(item, source=source), inputs=list(range(len(source))), output_dir=output_dir,
-             chunk_bytes=chunk_bytes, num_workers=num_workers, mode="overwrite", verbose=False)
+    start_method = multiprocessing.get_start_method(allow_none=True)
+    try:
+        optimize(fn=functools.partial(item, source=source), inputs=list(range(len(source))), output_dir=output_dir,
+                 chunk_bytes=chunk_bytes, num_workers=num_workers, mode="overwrite", verbose=False)
+    finally:
+        # litdata forces the process-wide start method to spawn; a caller's DataLoaders (notebooks, tests,
+        # a conversion before training) would then need picklable everything and restart slowly
+        multiprocessing.set_start_method(start_method, force=True)
     return len(StreamingDataset(output_dir))
 
 

@@ -7,10 +7,12 @@ understanding (`und`)
     {"image": "a.jpg", "conversations": [{"role": "user", "content": "What is this?"},
                                          {"role": "assistant", "content": "A red circle."}, ...]}
     {"image": "a.jpg", "question": "What is this?", "answer": "A red circle."}
-  `"images": [...]` gives several images (all placed before the first question). LLaVA-style turns
-  (`{"from": "human"|"gpt", "value": ...}`) are accepted too, and an `<image>` marker in the first
-  user turn is dropped (the images always go first, as in DeepSeek's template). Every assistant
-  turn of a multi-turn conversation is supervised; a trailing unanswered user turn is dropped.
+  `"images": [...]` (or `"image": [...]`) gives several images, all placed before the first question.
+  Roles are matched case-insensitively (`user`/`assistant`, `User`, `<|User|>`); LLaVA-style turns
+  (`{"from": "human"|"gpt", "value": ...}`) are accepted too. Image markers (`<image>`,
+  `<image_placeholder>`) are dropped from the questions, in any turn, since the images always go
+  first (as in DeepSeek's template); when a record has markers there must be one per image. Every
+  assistant turn of a multi-turn conversation is supervised; a trailing unanswered user turn is dropped.
 text (`text`)
     {"text": "..."}
 text-to-image (`t2i`)
@@ -18,7 +20,8 @@ text-to-image (`t2i`)
     {"codes": "x.npy", "caption": "..."}                          pre-extracted codes, one file per image
     {"codes": [17, 4, ...], "caption": "..."}                     codes inline
     {"codes": "codes.npy", "codes_row": 12, "caption": "..."}     row 12 of one [N, tokens] array
-  (`"prompt"` is accepted for `"caption"`; when a record has both codes and an image, the codes win.)
+  (`"prompt"` is accepted for `"caption"`; when a record has both codes and an image, the codes win.
+  Codes must be non-negative integers, `num_image_tokens` of them; records of both kinds mix freely.)
   Pre-extracted manifests are written by the `predict` config `configs/predict/extract_codes.yaml`.
 
 Sources:
@@ -77,7 +80,7 @@ def resolve_paths(record: dict[str, Any], root: Path) -> dict[str, Any]:
         value = record.get(key)
         if isinstance(value, str):
             record[key] = str(root / value)
-        elif key == "images" and isinstance(value, list):
+        elif key != "codes" and isinstance(value, list):  # a list of codes is the codes themselves
             record[key] = [str(root / v) if isinstance(v, str) else v for v in value]
     return record
 
@@ -300,12 +303,15 @@ class StreamingSource:
         self.input_dir, self.shuffle = input_dir, shuffle
         self.cache_dir, self.max_cache_size = cache_dir, max_cache_size
 
-    def dataset(self, *, seed: int, rank: int, world_size: int, num_nodes: int = 1):
-        """The litdata `StreamingDataset`, sharded for `rank` of `world_size` (set explicitly: inside a
-        DataLoader worker torch.distributed is not initialised and litdata would see one process)."""
+    def dataset(self, *, seed: int, rank: int, world_size: int, num_nodes: int = 1, shard: int = 0,
+                num_shards: int = 1):
+        """The litdata `StreamingDataset`, sharded for `rank` of `world_size` and for DataLoader worker
+        `shard` of `num_shards`. Both are set explicitly: inside a DataLoader worker torch.distributed is
+        not initialised (litdata would see one process), and the shard a worker reads must not depend on
+        its worker id (`TaskStream` resumes a shard in whichever worker makes its steps)."""
         try:
             from litdata import StreamingDataset
-            from litdata.utilities.env import _DistributedEnv
+            from litdata.utilities.env import _DistributedEnv, _WorkerEnv
         except ImportError as e:  # optional extra
             raise ImportError("streaming sources need litdata: pip install 'lit_janus[streaming]' "
                               "and `pip install --no-deps litdata`") from e
@@ -313,20 +319,29 @@ class StreamingSource:
         ds = StreamingDataset(self.input_dir, cache_dir=self.cache_dir, shuffle=self.shuffle, seed=seed,
                               drop_last=world_size > 1, **kwargs)
         ds.distributed_env = _DistributedEnv(world_size=world_size, global_rank=rank, num_nodes=num_nodes)
+        # the attribute litdata's threaded StreamingDataLoader sets (private; .ci/run pins litdata 0.2.76)
+        ds._forced_worker_env = _WorkerEnv(world_size=num_shards, rank=shard)
         return ds
 
-    def records(self, *, seed: int, rank: int, world_size: int, num_nodes: int = 1,
-                epoch: int = 0) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
-        """Endless `(epoch, record)` pairs from `epoch` on; an unparseable item yields its exception."""
-        ds = self.dataset(seed=seed, rank=rank, world_size=world_size, num_nodes=num_nodes)
+    def records(self, *, seed: int, rank: int, world_size: int, num_nodes: int = 1, shard: int = 0,
+                num_shards: int = 1, skip: int = 0) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+        """Endless `(epoch, record)` pairs of one shard (see `dataset`), after its first `skip` records
+        (counted over epochs: where a resumed run continues); an unparseable item yields its exception."""
+        ds = self.dataset(seed=seed, rank=rank, world_size=world_size, num_nodes=num_nodes, shard=shard,
+                          num_shards=num_shards)
+        epoch = 0
         while True:
             ds.set_epoch(epoch + 1)  # litdata counts epochs from 1
             empty = True
             for item in ds:
                 empty = False
+                if skip:  # not decoded: only counted
+                    skip -= 1
+                    continue
                 yield epoch, decode_item(item)
             if empty:
-                raise ValueError(f"streaming source {self.input_dir} yields nothing on rank {rank}/{world_size}")
+                raise ValueError(f"streaming source {self.input_dir} yields nothing on rank {rank}/{world_size}, "
+                                 f"worker {shard}/{num_shards}")
             epoch += 1
 
     def locate(self, index: int) -> str:

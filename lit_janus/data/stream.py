@@ -14,7 +14,15 @@ resumes exactly by starting at its step count (`start_step`).
 
 A bad record (unreadable image, empty caption, conversation too long, ...) is replaced by a
 seeded random draw and counted in `TaskBatch.skipped`, so the step keeps its exact task ratio;
-`strict=True` raises instead. Streaming (litdata) sources are read in litdata's own order.
+`strict=True` raises instead.
+
+Streaming (litdata) sources are read in litdata's own order, which litdata splits into one shard per
+(rank, DataLoader worker). Step t reads `batch_size` records of shard t mod w, whichever worker makes
+it, and every step reads exactly that many (a bad record is replaced from a second, differently
+seeded pass over the data), so a shard's position is a function of the steps: a run resumes exactly
+from `start_step` and the records read from each shard (`shard_offsets`; `TaskBatch.position` reports
+them), the same number of workers and ranks provided. The replacements for bad records are the only
+part that does not continue exactly.
 """
 
 from __future__ import annotations
@@ -55,14 +63,16 @@ class TaskBatch:
     tensor crossing a process boundary costs a file descriptor while in flight, and a few loaders x
     workers x prefetched steps of per-sample tensors can exhaust the open-file limit."""
 
-    __slots__ = ("task", "samples", "skipped", "cfg_dropped")
+    __slots__ = ("task", "samples", "skipped", "cfg_dropped", "position")
     FIELDS = ("input_ids", "text_labels", "gen_labels", "gen_mask", "image_mask")
 
-    def __init__(self, task: str, samples: list[Sample] | None = None, skipped: int = 0, cfg_dropped: int = 0):
+    def __init__(self, task: str, samples: list[Sample] | None = None, skipped: int = 0, cfg_dropped: int = 0,
+                 position: tuple[int, int] | None = None):
         self.task = task
         self.samples = samples if samples is not None else []
         self.skipped = skipped  # bad records replaced while filling this step
         self.cfg_dropped = cfg_dropped  # t2i samples given the unconditional (CFG) prompt
+        self.position = position  # litdata: (shard, records read from it after this step); else None
 
     def __repr__(self) -> str:
         return (f"TaskBatch({self.task!r}, {len(self.samples)} samples, skipped={self.skipped}, "
@@ -70,7 +80,7 @@ class TaskBatch:
 
     def __getstate__(self) -> dict[str, Any]:
         s = self.samples
-        state = {"task": self.task, "skipped": self.skipped, "cfg_dropped": self.cfg_dropped,
+        state = {"task": self.task, "skipped": self.skipped, "cfg_dropped": self.cfg_dropped, "position": self.position,
                  "tasks": [x.task for x in s], "lengths": [len(x) for x in s],
                  "n_images": [0 if x.pixel_values is None else x.pixel_values.shape[0] for x in s],
                  "has_gen": [x.gen_pixels is not None for x in s]}
@@ -84,6 +94,7 @@ class TaskBatch:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.task, self.skipped, self.cfg_dropped = state["task"], state["skipped"], state["cfg_dropped"]
+        self.position = state["position"]
         n = len(state["lengths"])
         fields = {f: state[f].split(state["lengths"]) for f in self.FIELDS} if n else {}
         images = iter(state["pixel_values"].split([k for k in state["n_images"] if k])) if "pixel_values" in state \
@@ -146,11 +157,14 @@ class TaskStream(IterableDataset):
         seed: int = 0,
         shuffle: bool = True,
         start_step: int = 0,
+        shard_offsets: Sequence[int] | None = None,
         num_steps: int | None = None,
         cfg_dropout: float = 0.0,
         strict: bool = False,
         max_retries: int = 32,
     ):
+        """`shard_offsets` (litdata sources): records already read from each litdata shard of this rank, one
+        per DataLoader worker (`JanusDataModule` keeps them); None: as if this layout had run since step 0."""
         if task not in TASK_ID:
             raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_ID)}")
         if batch_size < 1:
@@ -172,6 +186,7 @@ class TaskStream(IterableDataset):
         self.task, self.processor, self.batch_size = task, processor, batch_size
         self.rank, self.world_size, self.num_nodes = rank, world_size, num_nodes
         self.seed, self.shuffle, self.start_step, self.num_steps = seed, shuffle, start_step, num_steps
+        self.shard_offsets = None if shard_offsets is None else list(shard_offsets)
         self.cfg_dropout = cfg_dropout if task == "t2i" else 0.0
         self.strict, self.max_retries = strict, max_retries
         self._orders: dict[int, np.ndarray] = {}
@@ -183,7 +198,7 @@ class TaskStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         steps = self._steps(worker, workers)
         if isinstance(self.source, StreamingSource):
-            yield from self._iter_streaming(steps, worker, workers)
+            yield from self._iter_streaming(steps, (self.start_step + worker) % workers, workers)
         else:
             for t in steps:
                 yield self.batch_at(t)
@@ -249,33 +264,45 @@ class TaskStream(IterableDataset):
                         "  (further bad records of this stream are only counted)" if self._logged == MAX_LOGGED else "")
 
     # ---- litdata --------------------------------------------------------------------------------
-    def _iter_streaming(self, steps: Iterator[int], worker: int, workers: int) -> Iterator[TaskBatch]:
+    def _iter_streaming(self, steps: Iterator[int], shard: int, shards: int) -> Iterator[TaskBatch]:
+        # this worker makes steps t = shard (mod shards), so it reads only that shard
         source = self.source
-        records = source.records(seed=self.seed, rank=self.rank, world_size=self.world_size, num_nodes=self.num_nodes)
-        # Resume: litdata gives each worker its own shard, so worker j fast-forwards over the records it
-        # consumed before (the steps < start_step it made); exact unless bad records were skipped.
-        for _ in range(len(range(worker, self.start_step, workers)) * self.batch_size):
-            next(records)
-        counter = 0
+        offsets = self.shard_offsets
+        if offsets is None:  # every step so far read batch_size records of shard t mod w
+            offsets = [self.batch_size * len(range(r, self.start_step, shards)) for r in range(shards)]
+        if len(offsets) != shards:
+            raise ValueError(f"the {self.task} stream has shard_offsets for {len(offsets)} DataLoader workers but "
+                             f"runs in {shards}; give one per worker (JanusDataModule redistributes them)")
+        where = dict(seed=self.seed, rank=self.rank, world_size=self.world_size, num_nodes=self.num_nodes,
+                     shard=shard, num_shards=shards)
+        read = offsets[shard]
+        records = source.records(**where, skip=read)
+        spares = None  # replacements for bad records, started on the first one
         for _t in steps:
             out = TaskBatch(self.task)
-            while len(out.samples) < self.batch_size:
-                for _ in range(self.max_retries + 1):
-                    epoch, record = next(records)
-                    counter, key = counter + 1, None
+            for _ in range(self.batch_size):
+                item = next(records)
+                read += 1
+                for attempt in range(self.max_retries + 1):
+                    epoch, record = item
+                    index = record.pop("_index", None) if isinstance(record, dict) else None
+                    key = index if index is not None else f"{self.rank}/{shard}/{read}/{attempt}"  # CFG draw
                     try:
                         if isinstance(record, Exception):
                             raise record
-                        key = record.pop("_index", None)
-                        drop = self._drop(epoch, key if key is not None else f"{self.rank}/{worker}/{counter}")
+                        drop = self._drop(epoch, key)
                         out.samples.append(to_sample(self.task, self.processor, record, drop))
                         out.cfg_dropped += drop
                         break
                     except RECORD_ERRORS as e:
-                        self._bad(source.locate(key if key is not None else -1), e)
+                        self._bad(source.locate(index if index is not None else -1), e)
                         out.skipped += 1
                         error = e
+                    if spares is None:  # another order of the same data: reading on in `records` would
+                        spares = source.records(**{**where, "seed": self.seed + 1})  # shift every later step
+                    item = next(spares)
                 else:
                     raise BadSampleError(f"{self.max_retries + 1} bad records in a row in the {self.task} "
                                          f"stream; the last one: {error}")
+            out.position = (shard, read)
             yield out

@@ -18,9 +18,10 @@ from lit_janus.data.sources import BadRecord
 from lit_janus.processor import JanusProcessor, PromptTooLongError, load_rgb
 from lit_janus.tokenizer import ASSISTANT, USER
 
-USER_ROLES = {"user", "human", USER}
-ASSISTANT_ROLES = {"assistant", "gpt", ASSISTANT}
-IMAGE_MARKER = re.compile(r"<image>|<image_placeholder>")
+# matched case-insensitively: Janus-1.3B's template says "User"/"Assistant", some exports "USER"
+USER_ROLES = {"user", "human", USER.lower()}
+ASSISTANT_ROLES = {"assistant", "gpt", ASSISTANT.lower()}
+IMAGE_MARKER = re.compile(r"\s*(?:<image>|<image_placeholder>)\s*")  # LLaVA's and DeepSeek's, with their spacing
 
 
 def _field(record: dict[str, Any], *names: str) -> Any:
@@ -39,37 +40,54 @@ def _text(value: Any, what: str) -> str:
 
 
 # ---- understanding --------------------------------------------------------------------------
-def turns_of(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """(question, answer) pairs of an understanding record, in order."""
+def turns_of(record: dict[str, Any], n_images: int) -> list[tuple[str, str]]:
+    """(question, answer) pairs of an understanding record with `n_images` images, in order.
+
+    Image markers (`<image>`, `<image_placeholder>`) are dropped from every question: the images
+    always go before the first question (DeepSeek's template), so a marker left in the text would
+    become a stray placeholder token (or literal text). Markers, when given, must name each image once,
+    as in DeepSeek's and LLaVA's formats."""
     if "conversations" not in record:
-        return [(_text(record.get("question"), "question"), _text(record.get("answer"), "answer"))]
-    conv = record["conversations"]
+        pairs = [(record.get("question"), record.get("answer"))]
+    else:
+        pairs = _pairs(record["conversations"])
+    markers, turns = 0, []
+    for i, (question, answer) in enumerate(pairs):
+        what = "question" if len(pairs) == 1 else f"question {i + 1}"
+        markers += len(IMAGE_MARKER.findall(_text(question, what)))
+        turns.append((_text(IMAGE_MARKER.sub(" ", question).strip(), what),
+                      _text(answer, "answer" if len(pairs) == 1 else f"answer {i + 1}")))
+    if markers and markers != n_images:
+        raise BadRecord(f"{markers} image marker(s) in the questions for {n_images} image(s)")
+    return turns
+
+
+def _pairs(conv: Any) -> list[tuple[Any, Any]]:
+    """(question, answer) contents of a conversation's answered user turns."""
     if not isinstance(conv, list) or not conv:
         raise BadRecord("conversations must be a non-empty list of turns")
-    turns, question = [], None
+    pairs, question = [], None
     for i, turn in enumerate(conv):
         if not isinstance(turn, dict):
             raise BadRecord(f"turn {i} is not an object")
         role = turn.get("role", turn.get("from"))
+        key = role.lower() if isinstance(role, str) else None
         content = turn.get("content", turn.get("value"))
-        if role in USER_ROLES:
+        if key in USER_ROLES:
             if question is not None:
                 raise BadRecord(f"turn {i}: two user turns in a row")
             question = _text(content, f"question (turn {i})")
-        elif role in ASSISTANT_ROLES:
+        elif key in ASSISTANT_ROLES:
             if question is None:
                 raise BadRecord(f"turn {i}: an assistant turn without a user turn before it")
-            turns.append((question, _text(content, f"answer (turn {i})")))
+            pairs.append((question, _text(content, f"answer (turn {i})")))
             question = None
         else:
             raise BadRecord(f"turn {i}: unsupported role {role!r} (user/assistant; the system prompt is the "
                             "processor's)")
-    if not turns:
+    if not pairs:
         raise BadRecord("conversation has no answered user turn")
-    # images always precede the first question (DeepSeek's template), so drop LLaVA-style markers
-    q0 = IMAGE_MARKER.sub("", turns[0][0]).strip()
-    turns[0] = (_text(q0, "question"), turns[0][1])
-    return turns
+    return pairs
 
 
 def conversation_sample(processor: JanusProcessor, images: list, turns: list[tuple[str, str]]) -> Sample:
@@ -89,6 +107,7 @@ def conversation_sample(processor: JanusProcessor, images: list, turns: list[tup
     if len(ids) > processor.max_length:
         raise PromptTooLongError(f"conversation of {len(turns)} turns is {len(ids)} tokens; the context is "
                                  f"{processor.max_length}")
+    processor.check_image_slots(ids, len(images))  # a placeholder token in a later turn or an answer
     t = torch.tensor(ids)
     return Sample(
         input_ids=t, text_labels=torch.tensor(labels), gen_labels=torch.full_like(t, IGNORE),
@@ -102,7 +121,9 @@ def und_sample(processor: JanusProcessor, record: dict[str, Any]) -> Sample:
     if images is None:
         raise BadRecord("understanding record has no image")
     images = images if isinstance(images, list) else [images]
-    turns = turns_of(record)  # validate the text before paying for image decoding
+    if not images:
+        raise BadRecord("understanding record has an empty image list")
+    turns = turns_of(record, len(images))  # validate the text before paying for image decoding
     return conversation_sample(processor, [load_rgb(im) for im in images], turns)
 
 
@@ -115,20 +136,37 @@ def text_sample(processor: JanusProcessor, record: dict[str, Any]) -> Sample:
 _CODE_ARRAYS: dict[str, np.ndarray] = {}  # per process: memory-mapped [N, tokens] code arrays
 
 
-def load_codes(value: Any, row: int | None = None) -> torch.Tensor:
-    """VQ codes from a list, a `.npy` file, or row `row` of a `.npy` array of shape [N, tokens]."""
+def load_codes(value: Any, row: Any = None) -> torch.Tensor:
+    """VQ codes from a list, a `.npy` file, or row `row` of a `.npy` array of shape [N, tokens].
+    Raises BadRecord for anything but non-negative integer codes (a bad code would otherwise surface
+    as a device-side assert on the GPU); the upper bound is the model's to check (JanusPro.forward)."""
     if isinstance(value, list):
-        return torch.tensor(value, dtype=torch.long)
-    if not isinstance(value, str):
+        try:
+            codes = np.asarray(value)
+        except ValueError:  # ragged nesting
+            raise BadRecord("codes must be a flat list of integers") from None
+        where = "codes"
+    elif isinstance(value, str):
+        if row is None:
+            codes, where = np.load(value), value
+        else:
+            if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+                raise BadRecord(f"codes_row must be an integer, not {row!r}")
+            if value not in _CODE_ARRAYS:
+                _CODE_ARRAYS[value] = np.load(value, mmap_mode="r")
+            table = _CODE_ARRAYS[value]
+            if table.ndim != 2 or not 0 <= row < len(table):  # (numpy would wrap a negative row)
+                raise BadRecord(f"codes_row {row} is not a row of {value} (shape {table.shape})")
+            codes, where = table[row], f"row {row} of {value}"
+            if codes.size and codes.min() < 0:  # rows the extractor could not fill stay -1
+                raise BadRecord(f"{where} holds no codes (the extractor could not read its image)")
+    else:
         raise BadRecord(f"codes must be a list or a .npy path, not {type(value).__name__}")
-    if row is None:
-        return torch.from_numpy(np.load(value).astype(np.int64)).flatten()
-    if value not in _CODE_ARRAYS:
-        _CODE_ARRAYS[value] = np.load(value, mmap_mode="r")
-    codes = _CODE_ARRAYS[value][int(row)]
-    if codes.min() < 0:  # rows the extractor could not fill stay -1
-        raise BadRecord(f"row {row} of {value} holds no codes")
-    return torch.from_numpy(codes.astype(np.int64))
+    if codes.dtype.kind not in "iu":
+        raise BadRecord(f"{where}: codes must be integers, got {codes.dtype} values")
+    if codes.size and codes.min() < 0:
+        raise BadRecord(f"{where}: negative VQ code {codes.min()}")
+    return torch.from_numpy(codes.astype(np.int64)).flatten()
 
 
 def t2i_sample(processor: JanusProcessor, record: dict[str, Any], drop_prompt: bool = False) -> Sample:

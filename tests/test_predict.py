@@ -134,8 +134,9 @@ def test_t2i_writes_images_metadata_errors_and_resumes(tmp_path, tiny_hf_dir):
     run_predict(tmp_path, "t2i.yaml", **args, extra=("--trainer.limit_predict_batches", "0.4"))
     assert sorted(p.name for p in (out / "images").iterdir()) == ["00000_00.png", "00000_01.png"]
     first = (out / "images" / "00000_00.png").stat().st_mtime_ns
-    with open(out / "metadata.jsonl", "a") as f:
-        f.write('{"index": 4, "image_ind')  # ... and killed while appending a line
+    with open(out / "metadata.jsonl", "a") as f:  # ... and killed while appending: one of item 2's two lines
+        f.write(json.dumps({"index": 2, "image_index": 0, "n_images": 2, "prompt": "two blue squares"}) + "\n")
+        f.write('{"index": 2, "image_ind')  # made it, the next one did not
     # ... resumes: finished items are skipped, the rest written
     run_predict(tmp_path, "t2i.yaml", **args)
     assert (out / "images" / "00000_00.png").stat().st_mtime_ns == first

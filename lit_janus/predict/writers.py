@@ -226,7 +226,7 @@ class ImageWriter(_Writer):
     """Writes text-to-image predictions.
 
     `default` layout: `images/<index:05d>_<j:02d>.png`, `grids/<index:05d>.png` and one
-    `metadata.jsonl` line per image (index, prompt, seed, image_index, cfg_weight, temperature,
+    `metadata.jsonl` line per image (index, prompt, seed, image_index, n_images, cfg_weight, temperature,
     top_k, top_p, file, grid, and the item's own metadata). `geneval` layout, what GenEval's
     `evaluate_images.py` reads: `<index:05d>/metadata.jsonl` (the prompt's GenEval record, one
     JSON object), `<index:05d>/samples/<j:04d>.png`, `<index:05d>/grid.png`.
@@ -242,8 +242,20 @@ class ImageWriter(_Writer):
         self.layout, self.grid = layout, grid
 
     def _prepare(self) -> None:
-        if self.layout == "default":
-            _repair_jsonl(self.output_dir / "metadata.jsonl")
+        if self.layout != "default":
+            return
+        # one append writes all of a prompt's lines; a crash (power loss) can still keep only some of them.
+        # Such a prompt is not done: drop its lines, so that its rerun does not add a second copy.
+        path = self.output_dir / "metadata.jsonl"
+        records = _repair_jsonl(path)
+        written: dict = {}
+        for r in records:
+            written.setdefault(r.get("index"), set()).add(r.get("image_index"))
+        # (n_images is absent from files written before it was recorded: those lines are kept)
+        kept = [r for r in records if r.get("n_images") in (None, len(written[r.get("index")]))]
+        if len(kept) != len(records):
+            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+            _atomic_write(path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
 
     def _written(self) -> dict[int, tuple]:
         if self.layout == "geneval":
@@ -276,7 +288,8 @@ class ImageWriter(_Writer):
         if grid_file:
             save_png(image_grid(images), self.output_dir / grid_file)
         common = {k: r[k] for k in ("prompt", "seed", "cfg_weight", "temperature", "top_k", "top_p")}
-        lines = [{"index": index, "image_index": j, **common, "file": f"images/{index:05d}_{j:02d}.png",
+        lines = [{"index": index, "image_index": j, "n_images": len(images), **common,
+                  "file": f"images/{index:05d}_{j:02d}.png",
                   "grid": grid_file} | ({"metadata": r["metadata"]} if "metadata" in r else {})
                  for j in range(len(images))]
         _append_jsonl(self.output_dir / "metadata.jsonl", lines)

@@ -105,7 +105,7 @@ def run_settings(pl_module) -> dict | None:
     keys += ["images_per_prompt", "cfg_weight"] if h["task"] == "t2i" else ["max_new_tokens"]
     return ({"checkpoint": str(Path(h["checkpoint"]).resolve()),
              "checkpoint_fingerprint": checkpoint_fingerprint(h["checkpoint"])}
-            | {k: h[k] for k in keys} | {"temperature": pl_module.temperature, "dtype": pl_module.dtype_name()})
+            | {k: h[k] for k in keys} | {"temperature": getattr(pl_module, "temperature", h.get("temperature")), "dtype": getattr(pl_module, "dtype_name", lambda: h.get("dtype"))()})
 
 
 class _Writer(BasePredictionWriter):

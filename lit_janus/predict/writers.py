@@ -96,16 +96,19 @@ def checkpoint_fingerprint(path: str | Path) -> str:
 
 
 def run_settings(pl_module) -> dict | None:
-    """What decides a predict run's outputs (`run.json`): the checkpoint and the sampling settings.
-    None for a module that is not a JanusGenerator (nothing to check)."""
+    """What decides a predict run's outputs (`run.json`): the checkpoint and the sampling settings
+    (as `JanusGenerator` resolves them: its default temperature, `dtype: auto` for this device).
+    None for a module without a `checkpoint` (nothing to check)."""
     h = getattr(pl_module, "hparams", {})
-    if "checkpoint" not in h:
+    if "checkpoint" not in h or "task" not in h:
         return None
     keys = ["task", "seed", "top_k", "top_p"]
     keys += ["images_per_prompt", "cfg_weight"] if h["task"] == "t2i" else ["max_new_tokens"]
+    resolved = {"temperature": getattr(pl_module, "temperature", h.get("temperature")),
+                "dtype": pl_module.dtype_name() if hasattr(pl_module, "dtype_name") else h.get("dtype")}
     return ({"checkpoint": str(Path(h["checkpoint"]).resolve()),
              "checkpoint_fingerprint": checkpoint_fingerprint(h["checkpoint"])}
-            | {k: h[k] for k in keys} | {"temperature": getattr(pl_module, "temperature", h.get("temperature")), "dtype": getattr(pl_module, "dtype_name", lambda: h.get("dtype"))()})
+            | {k: h.get(k) for k in keys} | resolved)
 
 
 class _Writer(BasePredictionWriter):

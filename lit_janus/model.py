@@ -8,6 +8,7 @@ FSDP2 sees one root module. The weights live in `self.janus`, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -201,13 +202,32 @@ class JanusPro(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] -> VQ codes [B, grid*grid] with DeepSeek's L2-normalised lookup."""
-        return vq_encode(self.vq, pixels)
+        """Pixels in [-1, 1] -> VQ codes [B, grid*grid] with DeepSeek's L2-normalised lookup.
+
+        In the VQ's own dtype with autocast off: codes are argmins, and a bf16-autocast encoder moves a
+        few percent of them, so on-the-fly training targets would differ from the float32 codes that
+        `extract_codes` writes and evaluation uses. (Under FSDP2 the VQ is gathered in float32.)"""
+        with self._vq_gathered(), torch.autocast(pixels.device.type, enabled=False):
+            return vq_encode(self.vq, pixels)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """VQ codes [B, grid*grid] -> pixels in [-1, 1], [B, 3, S, S]."""
-        return vq_decode(self.vq, codes)
+        with self._vq_gathered():
+            return vq_decode(self.vq, codes)
+
+    @contextlib.contextmanager
+    def _vq_gathered(self):
+        """Under FSDP2 the frozen VQ is its own unit, gathered in float32 (lit_janus.sharding), and used
+        outside any forward (on-the-fly tokenisation, sampling): gather it here, explicitly."""
+        if not hasattr(self.vq, "unshard"):
+            yield
+            return
+        self.vq.unshard()
+        try:
+            yield
+        finally:
+            self.vq.reshard()
 
 
 __all__ = ["JanusPro", "TASKS"]

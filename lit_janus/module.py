@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -186,20 +185,10 @@ class JanusModule(L.LightningModule):
         for name, p in model.janus.named_parameters():
             p.requires_grad_(name.startswith(prefixes))
 
-    def _frozen_modules(self):
-        m = self.model.janus.model
-        parts = {"vision": [m.vision_model], "aligner": [m.aligner], "vq": [m.vqmodel],
-                 "gen_embed": [m.generation_embeddings], "gen_aligner": [m.generation_aligner],
-                 "gen_head": [m.generation_head], "llm": [m.language_model, self.model.janus.lm_head]}
-        return [mod for part, mods in parts.items() if part not in self.trainable for mod in mods]
-
-    def train(self, mode: bool = True):
-        """Frozen parts stay in eval mode (no dropout / batch statistics) even while training."""
-        super().train(mode)
-        if mode and self.model is not None:
-            for mod in self._frozen_modules():
-                mod.eval()
-        return self
+    # No train()/eval() switching of frozen parts: Janus-Pro has no dropout (tests check every preset), so
+    # the mode changes nothing numerically, except that transformers recomputes (activation checkpointing)
+    # only layers in train mode - a frozen Stage-I LLM that backward still runs through must stay in it.
+    # (Lightning 2.6 keeps each submodule's mode as built; transformers builds the VQ in eval mode.)
 
     def setup(self, stage: str) -> None:
         """The data must be tokenised and sized for this model: check before the first step."""

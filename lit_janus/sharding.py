@@ -1,8 +1,9 @@
 """The FSDP2 sharding plan for Janus-Pro, and filling a sharded (meta-built) model with weights.
 
-Units: every LLM decoder layer and every SigLIP layer; the root unit (the `JanusPro` module, whose
-forward is the only entry point during training) keeps the embeddings, aligners, heads and the
-frozen VQ. Frozen and trainable parameters may share a unit in FSDP2 (per-parameter sharding).
+Units: every LLM decoder layer, every SigLIP layer, and the frozen VQ (gathered in float32); the root
+unit (the `JanusPro` module, whose forward is the only entry point during training) keeps the
+embeddings, aligners and heads. Frozen and trainable parameters may share a unit in FSDP2
+(per-parameter sharding).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.distributed as dist
 
 
 def shard_model(model, mesh, precision: str | None = None) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     kw = {"mesh": mesh}
     if precision is not None and str(precision).startswith("bf16-mixed"):
@@ -24,10 +25,11 @@ def shard_model(model, mesh, precision: str | None = None) -> None:
         fully_shard(layer, **kw)
     for layer in model.llm.layers:
         fully_shard(layer, **kw)
+    # The frozen VQ: its own unit, gathered in float32 whatever the compute dtype (its codes are argmins:
+    # bf16 weights would move some training targets). It runs outside forward, so `JanusPro.encode_images`
+    # / `decode_codes` gather it themselves.
+    fully_shard(model.vq, mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32))
     fully_shard(model, **kw)
-    # the VQ is called outside forward (on-the-fly tokenisation, sampling)
-    register_fsdp_forward_method(model, "encode_images")
-    register_fsdp_forward_method(model, "decode_codes")
 
 
 def _random_init(model) -> None:

@@ -29,6 +29,17 @@ def test_fsdp2_two_process_train_save_resume_export(tmp_path, tiny_hf_dir):
     assert torch.equal(model.vision.post_layernorm.weight, start.vision.post_layernorm.weight)  # SigLIP frozen
 
 
+def test_fsdp2_bf16_training_tokenises_images_with_a_float32_vq(tmp_path, tiny_hf_dir):
+    """Codes are argmins: a VQ gathered in bf16 (the root unit's compute dtype) moved a few percent of the
+    on-the-fly training targets away from the float32 codes `extract_codes` and evaluation use."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "distributed_vq_run.py"), str(tiny_hf_dir),
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["vq_sharded"] and result["codes_equal"] and result["loss"] > 0
+
+
 def test_ddp_two_process_train_save_resume(tmp_path, tiny_hf_dir):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tiny_hf_dir), str(out), "ddp"], capture_output=True,

@@ -301,3 +301,13 @@ def test_varlen_attention_gives_the_sdpa_losses_on_packed_rows(tiny_model, tiny_
         alone = varlen(collate([samples[1]], p.pad_id))["text_loss"]
     torch.testing.assert_close(alone, ref_model(collate([samples[1]], p.pad_id))["text_loss"].detach(),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_images_tokenise_in_float32_under_bf16_autocast(tiny_model):
+    """On-the-fly training targets (bf16-mixed) are the float32 codes `extract_codes` writes: the encoder
+    convolutions ran under autocast before, and moved a few percent of these argmins."""
+    size = tiny_model.config.image_size
+    pixels = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    reference = tiny_model.encode_images(pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(tiny_model.encode_images(pixels), reference)

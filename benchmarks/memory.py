@@ -9,7 +9,8 @@
 How the estimate is built (every input is read from the real modules, nothing is typed in):
 - parameter counts per part and per FSDP unit from `JanusPro(janus-pro-7b)` built on the meta device,
   with the Stage II freeze policy of `lit_janus.module` and the unit plan of `lit_janus.sharding`
-  (one unit per LLM decoder layer and per SigLIP layer; everything else in the root unit);
+  (one unit per LLM decoder layer and per SigLIP layer, one for the frozen VQ, gathered in fp32 only while
+  it encodes images before the forward; everything else in the root unit);
 - bf16-mixed FSDP2 (`MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`): fp32 sharded params
   (frozen ones too), fp32 sharded grads and two fp32 AdamW states for trainable params, all / world;
 - during compute: the root unit unsharded in bf16 for the whole forward+backward (FSDP2 does not
@@ -65,6 +66,7 @@ class Census:
     trainable: int
     parts: dict[str, tuple[int, bool]]  # part -> (params, trainable)
     root: int  # params of the root FSDP unit
+    vq: int  # params of the VQ unit (frozen; gathered only to tokenise images, outside forward/backward)
     root_trainable: int
     llm_layer: int  # params of one decoder layer
     n_llm_layers: int
@@ -92,11 +94,12 @@ def census(cfg: Config, stage: int = 2) -> Census:
     llm_layers, vis_layers = list(m.llm.layers), list(m.vision.encoder.layers)
     llm_l = count(llm_layers[0])
     vis_l = count(vis_layers[0]) if vis_layers else 0
-    root = total - llm_l * len(llm_layers) - vis_l * len(vis_layers)
+    vq = count(m.vq)
+    root = total - llm_l * len(llm_layers) - vis_l * len(vis_layers) - vq
     vision_tr = "vision" in trainable
     root_tr = tr - llm_l * len(llm_layers) * ("llm" in trainable) - vis_l * len(vis_layers) * vision_tr
-    return Census(total, tr, {k: (v[0], v[1]) for k, v in parts.items()}, root, root_tr, llm_l, len(llm_layers),
-                  vis_l, len(vis_layers), vision_tr)
+    return Census(total, tr, {k: (v[0], v[1]) for k, v in parts.items()}, root, vq, root_tr, llm_l,
+                  len(llm_layers), vis_l, len(vis_layers), vision_tr)
 
 
 def layer_bytes_per_token(cfg: Config, tokens: tuple[int, int] = (64, 192)) -> tuple[float, float]:
@@ -178,7 +181,7 @@ def estimate(cfg: Config, c: Census, per_token: tuple[float, float], s: BatchSta
     ]
     start = [
         ("root unit unsharded (bf16), whole forward+backward", 2 * c.root, f"2 B x {c.root / 1e9:.3f}G: embed, "
-         "lm_head, heads, aligners, VQ, SigLIP embeddings"),
+         "lm_head, heads, aligners, SigLIP embeddings"),
         ("decoder layers unsharded (bf16)", 2 * Lw * 2, f"2 B x {Lw / 1e6:.0f}M x 2 (current + prefetched)"),
         ("decoder layer grads: bf16 + fp32 reduce-scatter input", (2 + (4 if gpu else 0)) * Lw,
          f"{2 + (4 if gpu else 0)} B x {Lw / 1e6:.0f}M" + (" (one reduce-scatter in flight)" if gpu else "")),
@@ -292,6 +295,13 @@ def measure(cfg: Config, batch, world: int, device: torch.device, stage: int = 2
             fmt = FSDPMemTracker(model, opt)
             fmt.track_inputs((b,))
             with fmt:
+                # the tracker expects every FSDP unit to have run forward before backward ends; the frozen VQ
+                # unit (codes pre-tokenised here) never would: run it once, then forget the peak it made
+                # (private fields; torch is pinned for CI), so the peak is the training step's
+                with torch.no_grad():
+                    model.vq(torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=device))
+                fmt._peak_mem.clear()
+                fmt._peak_mem_snap.clear()
                 micro_batch()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()

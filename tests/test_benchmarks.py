@@ -51,7 +51,7 @@ def test_memory_tiny_prints_estimate_and_check(capsys):
     # the estimate's accounting agrees with FSDPMemTracker on the real FSDP2 plan
     assert 0.8 < float(m.group(1)) < 1.25 and 0.8 < float(m.group(2)) < 1.25
     c = report["census"]
-    assert c.trainable < c.total and c.root + c.n_llm_layers * c.llm_layer + c.n_vision_layers * c.vision_layer == c.total
+    assert c.trainable < c.total and c.root + c.vq + c.n_llm_layers * c.llm_layer + c.n_vision_layers * c.vision_layer == c.total
 
 
 def test_memory_census_of_7b_on_meta():

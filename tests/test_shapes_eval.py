@@ -33,13 +33,15 @@ def ground_truth():
     return out
 
 
-def test_detector_scores_ground_truth_at_least_99_percent(ground_truth):
+def test_detector_scores_ground_truth_perfectly(ground_truth):
+    """Issue 5 asks >= 99%; the renders score 1.00 in every category (also on 500 per category, both
+    splits, seeds 0 and 90001), so anything less is a regression."""
     images = [img for cat in CATEGORIES for img, _, _ in ground_truth[cat]]
     metas = [meta for cat in CATEGORIES for _, meta, _ in ground_truth[cat]]
     result = evaluate(images, metas)
     for cat in CATEGORIES:
-        assert result[cat] >= 0.99, (cat, result)  # measured: 1.00 for every category
-    assert result["overall"] >= 0.99
+        assert result[cat] == 1.0, (cat, result)
+    assert result["overall"] == 1.0
 
 
 def test_detections_match_the_scene_exactly():

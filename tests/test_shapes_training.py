@@ -137,7 +137,15 @@ def test_siglip_module_init_and_improves_its_loss():
     pixels, texts = batch
     dup = (torch.cat([pixels[:1], pixels[:1]]), [texts[0], texts[0]])
     m.log = lambda *a, **k: None
-    assert torch.isfinite(m.step(dup, "train"))
+    import lit_janus.shapes.siglip as siglip
+
+    seen, real = [], siglip.sigmoid_loss
+    siglip.sigmoid_loss = lambda *a: seen.append(a[4]) or real(*a)  # the positives matrix it is given
+    try:
+        assert torch.isfinite(m.step(dup, "train"))
+    finally:
+        siglip.sigmoid_loss = real
+    assert seen[0].tolist() == [[True, True], [True, True]]  # both images match both (equal) captions
 
 
 def test_word_tokenizer_pads_caches_and_refuses_unknown_words():
@@ -342,6 +350,15 @@ def test_pipeline_files_parse():
         spec, base = PipelineSpec.load(PRESETS_DIR / f"{name}.yaml")
         for st in [*spec.stage0, *spec.stages, *(s for ab in spec.ablations for s in ab["stages"])]:
             assert (base / st.config).is_file(), (name, st.config)
+
+
+def test_pipeline_refuses_repeated_run_names(tmp_path):
+    from lit_janus.shapes.pipeline import PipelineSpec
+
+    (tmp_path / "p.yaml").write_text("name: x\nstages:\n  - {name: stage2, config: a.yaml, max_steps: 1}\n"
+                                     "  - {name: stage2, config: b.yaml, max_steps: 1}\n")
+    with pytest.raises(ValueError, match=r"run names must be unique .*\['stage2'\]"):
+        PipelineSpec.load(tmp_path / "p.yaml")
 
 
 def test_smoke_cuts_every_run_and_exports_nothing():

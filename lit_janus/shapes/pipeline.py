@@ -112,6 +112,12 @@ class PipelineSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{p}: unknown pipeline keys {sorted(unknown)}")
+        # checkpoints, sample grids, logs and results are keyed by run name: a repeat would overwrite
+        names = [s.name for s in data["stage0"] + data["stages"]]
+        names += [s.name for ab in data.get("ablations") or [] for s in ab["stages"]]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"{p}: run names must be unique (each names its output folder), repeated: {repeated}")
         return cls(**data), p.resolve().parent
 
     def smoke(self, max_steps: int = 2) -> "PipelineSpec":

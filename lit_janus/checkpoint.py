@@ -84,10 +84,9 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     d = Path(directory)
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (d / index).is_file():
-            try:
-                weight_map = json.loads((d / index).read_text())["weight_map"]
-            except Exception as e:
-                raise CheckpointError(f"cannot read {d / index}: {e}") from None
+            weight_map = read_json(d / index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"cannot read {d / index}: no 'weight_map' object")
             missing = sorted({f for f in weight_map.values() if not (d / f).is_file()})
             if missing:
                 raise CheckpointError(f"{d / index} lists shard(s) that are missing: {', '.join(missing)}")

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src", help="pretrained directory (DeepSeek or transformers layout) or Lightning checkpoint")
     p.add_argument("dst", help="output directory (transformers layout); an earlier export there is replaced "
                    "atomically, anything else refused")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: float32, the dtype weights load in; DeepSeek's bfloat16 release "
-                        "then takes twice its size: pass --dtype bfloat16 to keep it)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="cast the weights (default: float32, the dtype weights load in; DeepSeek's bfloat16 "
+                        "release then takes twice its size: pass --dtype bfloat16 to keep it)")
     args = p.parse_args(argv)
     from lit_janus.checkpoint import CheckpointError
 

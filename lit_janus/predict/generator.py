@@ -4,6 +4,7 @@ answers with the fast `StaticDecoder`, and turns a bad item into an error record
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -14,6 +15,21 @@ from lit_janus.processor import PromptTooLongError
 
 # what a bad *item* can raise (PromptTooLongError is a ValueError); anything else is a real failure
 ITEM_ERRORS = (ValueError, OSError)
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """A short hash of a checkpoint's files (names, sizes, modification times): changes when the
+    weights at that path are replaced, e.g. a newer `last.ckpt`. Not a content hash (that would read
+    gigabytes)."""
+    import hashlib
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(p) if f != p else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -82,6 +98,16 @@ class JanusGenerator(L.LightningModule):
         if name == "auto":
             name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
         return name
+
+    def run_settings(self) -> dict:
+        """What decides this run's outputs, as the writers record it (`run.json`): the checkpoint and the
+        sampling settings as resolved here (default temperature, `dtype: auto` for this device)."""
+        h = self.hparams
+        keys = ["task", "seed", "top_k", "top_p"]
+        keys += ["images_per_prompt", "cfg_weight"] if h.task == "t2i" else ["max_new_tokens"]
+        return ({"checkpoint": str(Path(h.checkpoint).resolve()),
+                 "checkpoint_fingerprint": checkpoint_fingerprint(h.checkpoint)}
+                | {k: h[k] for k in keys} | {"temperature": self.temperature, "dtype": self.dtype_name()})
 
     # ---- one batch ----------------------------------------------------------------------------
     def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
@@ -182,4 +208,4 @@ class JanusGenerator(L.LightningModule):
         return out
 
 
-__all__ = ["ITEM_ERRORS", "JanusGenerator"]
+__all__ = ["ITEM_ERRORS", "JanusGenerator", "checkpoint_fingerprint"]

@@ -80,37 +80,6 @@ def _repair_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def checkpoint_fingerprint(path: str | Path) -> str:
-    """A short hash of a checkpoint's files (names, sizes, modification times): changes when the
-    weights at that path are replaced, e.g. a newer `last.ckpt`. Not a content hash (that would read
-    gigabytes)."""
-    import hashlib
-
-    p = Path(path)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-    h = hashlib.sha1()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(p) if f != p else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def run_settings(pl_module) -> dict | None:
-    """What decides a predict run's outputs (`run.json`): the checkpoint and the sampling settings
-    (as `JanusGenerator` resolves them: its default temperature, `dtype: auto` for this device).
-    None for a module without a `checkpoint` (nothing to check)."""
-    h = getattr(pl_module, "hparams", {})
-    if "checkpoint" not in h or "task" not in h:
-        return None
-    keys = ["task", "seed", "top_k", "top_p"]
-    keys += ["images_per_prompt", "cfg_weight"] if h["task"] == "t2i" else ["max_new_tokens"]
-    resolved = {"temperature": getattr(pl_module, "temperature", h.get("temperature")),
-                "dtype": pl_module.dtype_name() if hasattr(pl_module, "dtype_name") else h.get("dtype")}
-    return ({"checkpoint": str(Path(h["checkpoint"]).resolve()),
-             "checkpoint_fingerprint": checkpoint_fingerprint(h["checkpoint"])}
-            | {k: h.get(k) for k in keys} | resolved)
-
-
 class _Writer(BasePredictionWriter):
     """Shared by the writers: output folder, errors.jsonl, resume bookkeeping.
 
@@ -139,16 +108,20 @@ class _Writer(BasePredictionWriter):
         if trainer.is_global_zero:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._prepare()
-            self._check_run(run_settings(pl_module))
+            self.done = self._written()
+            # JanusGenerator says what decides its outputs; another module: nothing to check
+            self._check_run(pl_module.run_settings() if hasattr(pl_module, "run_settings") else None)
             # failed items are retried on a rerun and re-recorded if they fail again
             self.errors_path.unlink(missing_ok=True)
         trainer.strategy.barrier()
-        self.done = self._written()
+        if not trainer.is_global_zero:  # after rank 0's repairs
+            self.done = self._written()
         # datamodule.setup ran before this hook: a changed input file fails here, before any work
         self._check_items(getattr(trainer.datamodule, "items", None) or [])
 
     def _check_run(self, settings: dict | None) -> None:
-        """Rank 0: refuse to resume into a folder another checkpoint or other settings wrote."""
+        """Rank 0, after `done` is read: refuse to resume into a folder another checkpoint or other
+        settings wrote."""
         if settings is None:
             return
         if self.run_path.is_file():
@@ -163,7 +136,7 @@ class _Writer(BasePredictionWriter):
                     + "; ".join(changed) + "). A rerun only resumes the same run: write to another output_dir "
                     "(--trainer.callbacks.init_args.output_dir) or delete that folder.")
             return
-        if self._written():
+        if self.done:
             log.warning("%s has outputs but no run.json (an older version wrote it): cannot check they come "
                         "from this checkpoint and these settings; resuming, and recording them now", self.output_dir)
         _atomic_write(self.run_path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
@@ -326,4 +299,4 @@ class AnswerWriter(_Writer):
         _append_jsonl(self.output_dir / self.filename, [{k: r[k] for k in keys if k in r}])
 
 
-__all__ = ["AnswerWriter", "ImageWriter", "checkpoint_fingerprint", "image_grid", "run_settings", "save_png"]
+__all__ = ["AnswerWriter", "ImageWriter", "image_grid", "save_png"]

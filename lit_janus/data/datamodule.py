@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from lit_janus.batch import TASKS
 from lit_janus.data.mixing import TaskRatio, merge, task_batch_sizes
 from lit_janus.data.sources import Source, StreamingSource
-from lit_janus.data.stream import TaskBatch, TaskStream
+from lit_janus.data.stream import TaskBatch, TaskStream, steady_offsets
 from lit_janus.processor import ImageSettings, JanusProcessor
 from lit_janus.tokenizer import DEFAULT_SYSTEM_PROMPT
 
@@ -207,8 +207,8 @@ class JanusDataModule(L.LightningDataModule):
             return start, None
         workers = max(1, self.num_workers)  # litdata shards of this rank: one per DataLoader worker
         saved = self._shards.get(task)
-        if saved is None:  # every step so far read its records from shard step mod workers
-            read = [self.batch_sizes[task] * len(range(r, start, workers)) for r in range(workers)]
+        if saved is None:  # no positions saved (map-style checkpoint, or none): as if run in this layout
+            read = steady_offsets(self.batch_sizes[task], start, workers)
         elif (saved["world_size"], saved["workers"]) == (world, workers):
             read = saved["read"]
         else:

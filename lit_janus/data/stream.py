@@ -54,6 +54,12 @@ class BadSampleError(RuntimeError):
     """A bad record in `strict` mode, or a stream that produces nothing but bad records."""
 
 
+def steady_offsets(batch_size: int, start_step: int, shards: int) -> list[int]:
+    """Records read from each litdata shard of a rank before `start_step`, had this layout run since step 0:
+    step t reads `batch_size` records of shard t mod `shards`."""
+    return [batch_size * len(range(r, start_step, shards)) for r in range(shards)]
+
+
 class TaskBatch:
     """One step's samples of one task (what a task loader yields).
 
@@ -268,8 +274,8 @@ class TaskStream(IterableDataset):
         # this worker makes steps t = shard (mod shards), so it reads only that shard
         source = self.source
         offsets = self.shard_offsets
-        if offsets is None:  # every step so far read batch_size records of shard t mod w
-            offsets = [self.batch_size * len(range(r, self.start_step, shards)) for r in range(shards)]
+        if offsets is None:
+            offsets = steady_offsets(self.batch_size, self.start_step, shards)
         if len(offsets) != shards:
             raise ValueError(f"the {self.task} stream has shard_offsets for {len(offsets)} DataLoader workers but "
                              f"runs in {shards}; give one per worker (JanusDataModule redistributes them)")

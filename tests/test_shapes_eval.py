@@ -17,7 +17,7 @@ from lit_janus.shapes.evaluate import (
     score_one,
     vqa_accuracy,
 )
-from lit_janus.shapes.world import CATEGORIES, COLORS, SHAPES, Obj, Scene, ShapesWorld, render
+from lit_janus.shapes.world import CATEGORIES, COLORS, SHAPES, SIZES, Obj, Scene, ShapesWorld, render
 
 N_PER_CATEGORY = 200
 
@@ -126,6 +126,51 @@ def test_detector_works_at_larger_resolutions(size):
     for i in range(12):
         s = w.t2i_sample(i, CATEGORIES[i % 6])
         assert score_one(s["image"], s["metadata"]) and score_one(_vq_like(s["image"], i), s["metadata"])
+
+
+def _touching_pairs(n: int, seed: int = 0):
+    """Two objects of different colours whose boxes overlap by 0-2.5 px: renders never draw this
+    (GAP), generated images can."""
+    rng = np.random.default_rng(seed)
+    colors = list(COLORS)
+    for _ in range(n):
+        a, b = rng.choice(len(colors), 2, replace=False)
+        (sa, sb), (za, zb) = rng.choice(SHAPES, 2), rng.choice(list(SIZES), 2)
+        half = (SIZES[za] + SIZES[zb]) / 2
+        cx, dx = 0.5 - half / 2, half - rng.uniform(0, 2.5) / 64
+        scene = Scene([Obj(sa, colors[a], za, cx, 0.5), Obj(sb, colors[b], zb, cx + dx, 0.5 + rng.uniform(-0.05, 0.05))])
+        yield scene, sorted([(sa, colors[a]), (sb, colors[b])])
+
+
+def test_detector_separates_touching_objects_of_different_colours():
+    """One blob of two colours is two objects. Measured (100 pairs): 1.00 clean, 0.95 degraded; before
+    the split by colour, 0.22 and 0.33 (the pair became one "other" or one wrong shape)."""
+    clean, degraded = [], []
+    for i, (scene, want) in enumerate(_touching_pairs(100)):
+        img = render(scene)
+        clean.append(sorted((d.shape, d.color) for d in detect(img)) == want)
+        degraded.append(sorted((d.shape, d.color) for d in detect(_vq_like(img, i))) == want)
+    assert np.mean(clean) == 1.0 and np.mean(degraded) >= 0.9, (np.mean(clean), np.mean(degraded))
+
+
+def test_colour_fringes_do_not_split_an_object():
+    """Blurred orange edges read as yellow (a ring of ~25 px, more than the smallest object's area):
+    an object with only a fringe of another colour stays one object."""
+    w = ShapesWorld(seed=123, image_size=64)
+    for i in (29, 60, 74, 98):  # single orange objects whose degraded fringe is >= MIN_AREA of yellow
+        s = w.t2i_sample(i, "single_object")
+        assert len(detect(_vq_like(s["image"], i))) == 1, i
+
+
+def test_an_object_shaded_between_two_colours_stays_one_object():
+    """VQ reconstructions shade some objects from one palette colour into another (purple into red):
+    the blob is one shape, so it is one object. Splitting it cut 38 of 600 reconstructions."""
+    for shape in SHAPES:
+        a = np.array(render(Scene([Obj(shape, "purple", "large", 0.5, 0.5)])))
+        obj = (a == COLORS["purple"]).all(-1)
+        a[obj & (np.arange(64) >= 32)[None, :]] = COLORS["red"]  # right half red
+        dets = detect(Image.fromarray(a))
+        assert [d.shape for d in dets] == [shape], (shape, dets)
 
 
 def test_detector_ignores_specks_and_background():

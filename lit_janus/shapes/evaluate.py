@@ -3,7 +3,8 @@
 GenEval detects objects, then checks each prompt's metadata (classes with counts, exclusions, colours,
 relative positions). In ShapesWorld an object's class is its shape and its colour is a palette
 colour, so a tiny classical detector suffices: nearest-palette colour segmentation, connected
-components, shape from box geometry. It is validated on rendered ground truth and on degraded
+components (a blob of two colours that is no single shape split by colour: touching objects), shape
+from box geometry. It is validated on rendered ground truth and on degraded
 renders (noise/blur/JPEG, standing in for VQ reconstructions) in the tests.
 
 Deviations from GenEval, forced by having no detector confidence: objects of a class are ordered by
@@ -42,14 +43,21 @@ class Detection:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 (x1, y1 exclusive)
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
-    """4-connected component labels (-1 = not in mask): min-label propagation with pointer jumping."""
+def _components(mask: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
+    """4-connected component labels (-1 = not in mask): min-label propagation with pointer jumping.
+    With ``key``, neighbours join only where their keys are equal."""
     h, w = mask.shape
     none = h * w
     lab = np.where(mask, np.arange(none).reshape(h, w), none)
+    if key is not None:
+        pk = np.pad(key, 1, constant_values=-1)
+        same = [pk[:-2, 1:-1] == key, pk[2:, 1:-1] == key, pk[1:-1, :-2] == key, pk[1:-1, 2:] == key]
     while True:
         p = np.pad(lab, 1, constant_values=none)
-        nb = np.minimum.reduce([lab, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]])
+        nbs = [p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]
+        if key is not None:
+            nbs = [np.where(ok, n, none) for ok, n in zip(same, nbs)]
+        nb = np.minimum.reduce([lab, *nbs])
         new = np.where(mask, nb, none).ravel()
         ext = np.append(new, none)
         while True:  # labels are pixel indices of the same component: follow them to shorten chains
@@ -66,6 +74,46 @@ def _components(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _templates(h: int, w: int) -> dict[str, np.ndarray]:
+    """The three shapes drawn to fill an h x w box (the apex-up triangle as world.py draws it)."""
+    y, x = np.mgrid[0:h, 0:w]
+    x, y = (2 * x + 1) / w - 1, (2 * y + 1) / h - 1  # pixel centres in [-1, 1]
+    return {"circle": x**2 + y**2 <= 1, "square": np.ones((h, w), bool), "triangle": np.abs(x) <= (y + 1) / 2}
+
+
+def _one_shape(m: np.ndarray) -> bool:
+    """Whether a tight boolean crop is a single object: a near-square box that one shape fills."""
+    h, w = m.shape
+    if max(h, w) > 1.25 * min(h, w):
+        return False
+    return max((m & t).sum() / (m | t).sum() for t in _templates(h, w).values()) >= 0.8
+
+
+def _split_by_colour(labels: np.ndarray, nearest: np.ndarray, min_px: float) -> np.ndarray:
+    """Relabel the blobs that are two objects of different colours touching (generated images can
+    draw them; renders never do) into one component per colour. A blob is split when two or more
+    colours each cover an object's worth of interior pixels *and* the blob is not one shape: a VQ
+    reconstruction can shade a single object from one palette colour into another, and a blur leaves
+    an edge fringe of a third (orange edges read as yellow), and neither cuts an object in two."""
+    fg = labels >= 0
+    n_col = len(_PALETTE)
+    # count only interior pixels (all four neighbours the same colour): a fringe is a thin ring with
+    # almost none, a touching object keeps most of its area
+    pn = np.pad(np.where(fg, nearest, -1), 1, constant_values=-1)
+    core = fg & (pn[:-2, 1:-1] == nearest) & (pn[2:, 1:-1] == nearest) & (pn[1:-1, :-2] == nearest) & (pn[1:-1, 2:] == nearest)
+    counts = np.bincount(labels[core] * n_col + nearest[core], minlength=(labels.max() + 1) * n_col)
+    split = (counts.reshape(-1, n_col) >= min_px).sum(1) >= 2
+    for i in np.flatnonzero(split):
+        ys, xs = np.nonzero(labels == i)
+        split[i] = not _one_shape(labels[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] == i)
+    if not split.any():
+        return labels
+    in_split = fg & split[np.maximum(labels, 0)]
+    # keys: colour inside a split blob, a per-blob value elsewhere (so untouched blobs stay whole)
+    key = np.where(in_split, nearest, n_col + labels)
+    return _components(fg, key)
+
+
 def _classify(m: np.ndarray) -> str:
     """Shape from a tight boolean crop. Streaks and scribbles (elongated or sparse) are "other", which no
     prompt asks for. An apex-up triangle is top-light (top half ~1/3 of the bottom), which survives a
@@ -76,9 +124,7 @@ def _classify(m: np.ndarray) -> str:
         return "other"
     if m[: h // 2].mean() < 0.7 * m[h - h // 2 :].mean():
         return "triangle"
-    y, x = np.mgrid[0:h, 0:w]
-    x, y = (2 * x + 1) / w - 1, (2 * y + 1) / h - 1  # pixel centres in [-1, 1]
-    circle = x**2 + y**2 <= 1
+    circle = _templates(h, w)["circle"]
     return "circle" if (m & circle).sum() / (m | circle).sum() > m.mean() else "square"
 
 
@@ -90,7 +136,7 @@ def detect(image: Image.Image) -> list[Detection]:
     d2 = (rgb**2).sum(-1, keepdims=True) - 2 * rgb @ _PALETTE.T + (_PALETTE**2).sum(-1)
     nearest = d2.argmin(-1)
     fg = (nearest > 0) & (np.take_along_axis(d2, nearest[..., None], -1)[..., 0] < COLOR_THRESHOLD**2)
-    labels = _components(fg)
+    labels = _split_by_colour(_components(fg), nearest, MIN_AREA * h * w)
     # group pixel indices by component once (sorting) instead of scanning the image per component
     idx = np.flatnonzero(fg)
     lab = labels.ravel()[idx]

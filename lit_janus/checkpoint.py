@@ -27,6 +27,8 @@ import torch
 from lit_janus.config import Config
 from lit_janus.tokenizer import DEFAULT_SYSTEM_PROMPT
 
+PRETRAINED_CONTEXT = 4096  # Janus-Pro's training sequence length; pretrained directories record none
+
 log = logging.getLogger(__name__)
 
 KNOWN_UNUSED = (re.compile(r"^vision_model\.vision_tower\.attn_pool\."), re.compile(r"quantize\.codebook_used$"))
@@ -380,8 +382,9 @@ def _system_prompt(directory: Path) -> str:
 
 
 def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                    attn_implementation: str = "sdpa", max_length: int = 4096):
-    """(JanusPro, JanusProcessor) from a checkpoint directory in either layout (auto-detected)."""
+                    attn_implementation: str = "sdpa", max_length: int | None = None):
+    """(JanusPro, JanusProcessor) from a checkpoint directory in either layout (auto-detected).
+    `max_length` (the processor's context) defaults to Janus-Pro's training context, 4096."""
     from lit_janus.processor import JanusProcessor
 
     d = Path(directory)
@@ -400,8 +403,8 @@ def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32
     if dropped:
         log.info("%s: ignoring %d known-unused weights: %s", d, len(dropped), describe_unused(dropped))
     processor = JanusProcessor(tokenizer, num_image_tokens=config.num_image_tokens,
-                               image=_image_settings(d, layout, config.image_size), max_length=max_length,
-                               system_prompt=_system_prompt(d))
+                               image=_image_settings(d, layout, config.image_size),
+                               max_length=max_length or PRETRAINED_CONTEXT, system_prompt=_system_prompt(d))
     if len(tokenizer) > config.vocab_size:
         raise CheckpointError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {config.vocab_size}")
     config.image_token_id = processor.image_id
@@ -558,7 +561,7 @@ def _processor_from_metadata(meta: dict, max_length: int | None = None):
     image = ImageSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["image"].items()})
     cfg = Config(**meta["config"])
     return cfg, JanusProcessor(tok, num_image_tokens=cfg.num_image_tokens, image=image,
-                               max_length=max_length or meta.get("max_length", 4096),
+                               max_length=max_length or meta.get("max_length", PRETRAINED_CONTEXT),
                                system_prompt=meta.get("system_prompt", DEFAULT_SYSTEM_PROMPT))
 
 
@@ -656,8 +659,10 @@ def _sharded_state_dict(p: Path) -> dict[str, torch.Tensor]:
     return out["state_dict"]
 
 
-def read_config_and_processor(path: str | Path, max_length: int = 4096):
-    """(Config, JanusProcessor) of any checkpoint, without building the model."""
+def read_config_and_processor(path: str | Path, max_length: int | None = None):
+    """(Config, JanusProcessor) of any checkpoint, without building the model. `max_length` (the
+    processor's context) defaults to the one a Lightning checkpoint was trained with, and to
+    Janus-Pro's 4096 for pretrained directories (which do not record one)."""
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file():
         layout = detect_layout(p)
@@ -670,8 +675,8 @@ def read_config_and_processor(path: str | Path, max_length: int = 4096):
         from lit_janus.processor import JanusProcessor
 
         processor = JanusProcessor(load_tokenizer(p), num_image_tokens=config.num_image_tokens,
-                                   image=_image_settings(p, layout, config.image_size), max_length=max_length,
-                                   system_prompt=_system_prompt(p))
+                                   image=_image_settings(p, layout, config.image_size),
+                                   max_length=max_length or PRETRAINED_CONTEXT, system_prompt=_system_prompt(p))
         config.image_token_id = processor.image_id
         return config, processor
     if p.is_file() or _is_sharded_lightning(p):
@@ -686,9 +691,10 @@ def read_config_and_processor(path: str | Path, max_length: int = 4096):
 
 
 def load_any(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-             attn_implementation: str = "sdpa", max_length: int = 4096):
+             attn_implementation: str = "sdpa", max_length: int | None = None):
     """(JanusPro, JanusProcessor) from a pretrained directory (either layout), a Lightning `.ckpt`
-    file, or a sharded (FSDP2) Lightning checkpoint directory."""
+    file, or a sharded (FSDP2) Lightning checkpoint directory. `max_length`: as in
+    `read_config_and_processor` (a Lightning checkpoint's own context unless given)."""
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file():
         return load_pretrained(p, dtype=dtype, device=device, attn_implementation=attn_implementation,

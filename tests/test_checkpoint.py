@@ -234,3 +234,18 @@ def test_low_precision_models_keep_float32_rope(tiny_config, tiny_hf_dir):
     for model in (build_model(tiny_config, dtype=torch.bfloat16), load_any(tiny_hf_dir, dtype=torch.bfloat16)[0]):
         assert model.llm.embed_tokens.weight.dtype == torch.bfloat16
         assert model.llm.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_lightning_checkpoints_keep_their_context_length(tmp_path, tiny_hf_dir, tiny_model, tiny_processor):
+    """A Lightning checkpoint records the processor's max_length (512 here); loading it for predict or
+    init_from keeps that context unless told otherwise. Pretrained directories record none: 4096."""
+    from lit_janus.checkpoint import lightning_metadata, read_config_and_processor
+
+    path = tmp_path / "last.ckpt"
+    sd = {"model.janus." + k: v for k, v in tiny_model.janus.state_dict().items()}
+    torch.save({"state_dict": sd, "lit_janus": lightning_metadata(tiny_model.config, tiny_processor)}, path)
+    assert tiny_processor.max_length == 512
+    assert load_any(path)[1].max_length == 512
+    assert read_config_and_processor(path)[1].max_length == 512
+    assert load_any(path, max_length=300)[1].max_length == 300
+    assert load_any(tiny_hf_dir)[1].max_length == 4096

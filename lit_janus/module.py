@@ -142,6 +142,10 @@ class JanusModule(L.LightningModule):
 
         fsdp = self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy)
         if fsdp:
+            if self.init_from:  # before the meta build: materialising would fail on the first odd shape
+                from lit_janus.checkpoint import read_config_and_processor
+
+                self._check_init_shapes(read_config_and_processor(self.init_from)[0])
             with torch.device("meta"):
                 model = JanusPro(self.config, self.attn_implementation)
         else:
@@ -176,9 +180,15 @@ class JanusModule(L.LightningModule):
             return build_model(config, attn_implementation=self.attn_implementation,
                                device=torch.get_default_device())
         model, _ = load_any(self.init_from, attn_implementation=self.attn_implementation)
-        if model.config.asdict() | {"name": ""} != config.asdict() | {"name": ""}:
-            raise ValueError(f"init_from {self.init_from} has shapes {model.config} but this run expects {config}")
+        self._check_init_shapes(model.config)
         return model
+
+    def _check_init_shapes(self, init_config: Config) -> None:
+        ours, theirs = self.config.asdict(), init_config.asdict()
+        diff = [f"{k} {theirs[k]} vs {ours[k]}" for k in ours if k != "name" and ours[k] != theirs.get(k)]
+        if diff:
+            raise ValueError(f"init_from {self.init_from} has shapes {init_config.name!r} but this run expects "
+                             f"{self.config.name!r} ({'; '.join(diff)})")
 
     def _freeze(self, model: JanusPro) -> None:
         prefixes = tuple(p for part in self.trainable for p in PARTS[part])

@@ -238,3 +238,22 @@ def test_varlen_attention_trains_under_activation_checkpointing(tmp_path, tiny_h
         metrics[attn] = {k: float(trainer.callback_metrics[k]) for k in ("train/loss", "train/grad_norm")}
     for k, v in metrics["sdpa"].items():
         assert metrics["varlen_attention"][k] == pytest.approx(v, rel=1e-4), (k, metrics)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_init_from_of_other_shapes_names_the_difference(tiny_hf_dir, tiny_config, sharded):
+    """A 1B config with 7B weights: the documented message, naming the fields, also under FSDP2 (whose
+    meta-device build never loads the model before materialising it)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lit_janus.config import Config
+
+    other = Config(**{**tiny_config.asdict(), "n_layer": tiny_config.n_layer + 1})
+    module = JanusModule(config=other, tokenizer=str(tiny_hf_dir), init_from=str(tiny_hf_dir))
+    if sharded:
+        module._trainer = SimpleNamespace(strategy=ModelParallelStrategy())
+    with pytest.raises(ValueError, match=rf"has shapes .* but this run expects .*n_layer {tiny_config.n_layer} vs "
+                                         rf"{tiny_config.n_layer + 1}\)"):
+        module.configure_model()

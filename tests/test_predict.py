@@ -172,6 +172,21 @@ def test_t2i_writes_images_metadata_errors_and_resumes(tmp_path, tiny_hf_dir):
     assert np.array_equal(png(out / "images" / "00002_01.png"), gen.images[1].numpy())
 
 
+def test_a_run_that_failed_before_any_output_does_not_block_its_rerun(tmp_path, tiny_hf_dir):
+    """The usual first mistake, a wrong checkpoint path, leaves run.json but no output: the corrected
+    rerun into the same folder starts afresh instead of being refused as 'another predict run'."""
+    from lit_janus.checkpoint import CheckpointError
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    out = tmp_path / "out"
+    args = dict(data={"path": str(tmp_path / "prompts.txt")}, writer={"output_dir": str(out)})
+    with pytest.raises(CheckpointError):
+        run_predict(tmp_path, "t2i.yaml", model={"checkpoint": str(tmp_path / "missing")}, **args)
+    run_predict(tmp_path, "t2i.yaml", model={"checkpoint": str(tiny_hf_dir), "images_per_prompt": 1}, **args)
+    assert [m["index"] for m in read_jsonl(out / "metadata.jsonl")] == [0]
+    assert json.loads((out / "run.json").read_text())["checkpoint"] == str(tiny_hf_dir)
+
+
 def test_geneval_layout_is_what_the_scorer_reads(tmp_path, tiny_hf_dir):
     lines = GENEVAL_LINES
     (tmp_path / "meta.jsonl").write_text("\n".join(lines) + "\n")

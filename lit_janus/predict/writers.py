@@ -121,10 +121,11 @@ class _Writer(BasePredictionWriter):
 
     def _check_run(self, settings: dict | None) -> None:
         """Rank 0, after `done` is read: refuse to resume into a folder another checkpoint or other
-        settings wrote."""
+        settings wrote. A run.json with no finished item beside it (a run that failed before its
+        first output, e.g. on a wrong checkpoint path) holds nothing to protect: it is replaced."""
         if settings is None:
             return
-        if self.run_path.is_file():
+        if self.run_path.is_file() and self.done:
             try:
                 before = json.loads(self.run_path.read_text())
             except ValueError:

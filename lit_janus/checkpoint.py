@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -72,6 +73,13 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as e:
+        # torch's text advises weights_only=False: never here. Keep only what the file holds.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"a pickled {found.group(1)}" if found else "pickled objects that are not tensors"
+        raise CheckpointError(f"cannot read weight file {path}: it holds {what}, and weights are loaded without "
+                              "running pickled code (weights_only=True): re-download it, or re-save its tensors "
+                              "as safetensors where you trust it") from None
     except Exception as e:
         raise CheckpointError(f"cannot read weight file {path}: {e}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -606,7 +614,6 @@ _DCP_METADATA_GLOBALS = {
 def _read_dcp_metadata(path: Path):
     """The `.metadata` of a DCP directory, unpickled with only `_DCP_METADATA_GLOBALS` (and torch dtypes)."""
     import importlib
-    import pickle
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):
@@ -664,6 +671,9 @@ def read_config_and_processor(path: str | Path, max_length: int | None = None):
     processor's context) defaults to the one a Lightning checkpoint was trained with, and to
     Janus-Pro's 4096 for pretrained directories (which do not record one)."""
     p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}" + ("" if p.is_absolute() else
+                                                             f" (relative to the working directory {Path.cwd()})"))
     if p.is_dir() and (p / "config.json").is_file():
         layout = detect_layout(p)
         raw = read_json(p / "config.json")

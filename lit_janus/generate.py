@@ -629,6 +629,9 @@ def image_requests(processor, prompts: Sequence[str], images_per_prompt: int | S
     sd = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
     if not (len(n) == len(sd) == len(prompts)):
         raise ValueError("images_per_prompt and seeds must give one value per prompt")
+    if not prompts or min(n) < 1:
+        raise ValueError(f"need at least one prompt and images_per_prompt >= 1, got {len(prompts)} prompt(s) "
+                         f"and images_per_prompt {images_per_prompt}")
     cond, uncond, keys, pidx, iidx, seed_of = [], [], [], [], [], []
     for p, (prompt, k, seed) in enumerate(zip(prompts, n, sd)):
         ids = processor.t2i_prompt_ids(prompt)

@@ -110,3 +110,16 @@ def test_defaults_expand_in_order(tmp_path):
         expand_defaults(tmp_path / "loop.yaml")
     with pytest.raises(FileNotFoundError, match="config file not found"):
         expand_defaults(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu"])
+def test_a_trainer_file_stacked_on_a_stage_file_moves_it_and_keeps_its_run(trainer, capsys):
+    """`--config configs/janus_pro_1b/stage2.yaml --config configs/trainer/cpu.yaml` is a plain one-device
+    run (not fsdp2 over gloo) whose checkpoints stay under the stage's run name (the README's resume path)."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs/janus_pro_1b/stage2.yaml"),
+              "--config", str(ROOT / f"configs/trainer/{trainer}.yaml"), "--print_config"])
+    c = yaml.safe_load(capsys.readouterr().out)
+    assert c["trainer"]["strategy"] == "auto" and c["trainer"]["devices"] == 1
+    assert c["trainer"]["logger"]["init_args"]["name"] == "janus_pro_1b_stage2"
+    assert c["model"]["init_args"]["activation_checkpointing"] is (trainer == "gpu")

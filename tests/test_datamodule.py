@@ -16,7 +16,7 @@ import torch
 from test_data import manifests, write_image, write_jsonl
 
 from lit_janus.batch import IGNORE, TASKS
-from lit_janus.data import JanusDataModule, JsonlSource, TaskRatio, TaskStream
+from lit_janus.data import JanusDataModule, JsonlSource, StreamingSource, TaskRatio, TaskStream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,6 @@ def test_resume_with_other_devices_or_accumulation_continues_the_data_exactly(tm
 
 
 def test_litdata_positions_survive_a_resume_and_warn_in_another_layout(tmp_path, tok_dir):
-    from lit_janus.data import StreamingSource
 
     dm = JanusDataModule(tokenizer=tok_dir, ratio=TaskRatio(0, 0, 1), global_batch_size=8, image_size=32,
                          num_image_tokens=16, max_length=512, num_workers=2, t2i=[StreamingSource(str(tmp_path))])
@@ -282,29 +281,52 @@ def test_two_process_ddp_gives_every_rank_the_same_mix_and_disjoint_samples(tmp_
     assert len(docs[0]) == len(docs[1]) == 40 and not docs[0] & docs[1]  # 4 steps x 10, disjoint across ranks
 
 
-def test_extract_codes_predict_config(tmp_path, tiny_hf_dir, tiny_model, tiny_processor):
+def test_extract_codes_predict_config(tmp_path, tiny_hf_dir, tiny_model, tiny_processor, monkeypatch):
+    """Paths as a user types them (relative to the working directory); the image size comes from the
+    checkpoint; the written manifest trains, and `optimize` stores it (codes inline, no image bytes)."""
     from lit_janus.cli import main
+    from lit_janus.data.optimize import optimize_source
     from lit_janus.vq import vq_encode
 
+    monkeypatch.chdir(tmp_path)
     for i in range(5):
-        write_image(tmp_path / "img" / f"{i}.png", value=40 * i, size=(48, 36))
+        write_image(tmp_path / "data" / "img" / f"{i}.png", value=40 * i, size=(48, 36))
     records = [{"image": f"img/{i}.png", "caption": f"caption {i}"} for i in range(5)]
     records.insert(2, {"image": "img/missing.png", "caption": "gone"})
-    manifest = write_jsonl(tmp_path / "t2i.jsonl", records)
-    out = tmp_path / "codes"
-    main(["predict", "--config", str(ROOT / "configs/predict/extract_codes.yaml"),
-          "--model.init_args.checkpoint", str(tiny_hf_dir), "--data.init_args.source.init_args.path", str(manifest),
-          "--data.init_args.image_size", "32", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-          "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-          "--trainer.default_root_dir", str(tmp_path / "run"),
-          "--trainer.callbacks.init_args.output_dir", str(out)])
+    write_jsonl(tmp_path / "data" / "t2i.jsonl", records)
+
+    def extract(out, *extra):
+        main(["predict", "--config", str(ROOT / "configs/predict/extract_codes.yaml"),
+              "--model.init_args.checkpoint", str(tiny_hf_dir), "--data.init_args.source.init_args.path",
+              "data/t2i.jsonl", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", "run", "--trainer.callbacks.init_args.output_dir", out, *extra])
+
+    with pytest.raises(ValueError, match="image_size is 64 but the checkpoint's VQ takes 32 px"):
+        extract("data/wrong", "--data.init_args.image_size", "64")
+    assert not (tmp_path / "data" / "wrong" / "codes.npy").exists()  # nothing half-written
+
+    extract("data/codes")
+    out = tmp_path / "data" / "codes"
     codes = np.load(out / "codes.npy")
     assert codes.shape == (6, 16) and (codes[2] == -1).all() and (codes[[0, 1, 3, 4, 5]] >= 0).all()
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert [x["caption"] for x in lines] == [f"caption {i}" for i in range(5)]
     src = JsonlSource(str(out / "manifest.jsonl"))
+    assert [Path(src[i]["image"]).resolve() for i in range(5)] == [
+        (tmp_path / "data" / "img" / f"{i}.png").resolve() for i in range(5)]  # relative to the manifest's folder
     stream = TaskStream("t2i", [src], tiny_processor, 5, shuffle=False)
     for s, i in zip(stream.batch_at(0).samples, range(5)):
-        pixels = tiny_processor.generation_pixels(str(tmp_path / "img" / f"{i}.png"))
+        pixels = tiny_processor.generation_pixels(str(tmp_path / "data" / "img" / f"{i}.png"))
         expected = vq_encode(tiny_model.vq, pixels[None])[0]
         assert s.gen_pixels is None and torch.equal(s.gen_labels[s.gen_labels != IGNORE], expected)
+
+    import litdata  # noqa: F401  (installed by .ci/run)
+
+    assert optimize_source(src, str(tmp_path / "lit"), num_workers=0) == 5
+    streamed = StreamingSource(str(tmp_path / "lit"), shuffle=False)
+    rec = next(r for _, r in streamed.records(seed=0, rank=0, world_size=1))
+    assert "image" not in rec and len(rec["codes"]) == 16
+    gone = write_jsonl(tmp_path / "gone.jsonl", [{"image": "nope.png", "caption": "c"}] * 2)
+    with pytest.raises(ValueError, match="none of the 2 records could be stored"):
+        optimize_source(JsonlSource(str(gone)), str(tmp_path / "lit_empty"), num_workers=0)

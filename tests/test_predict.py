@@ -187,6 +187,16 @@ def test_a_run_that_failed_before_any_output_does_not_block_its_rerun(tmp_path, 
     assert json.loads((out / "run.json").read_text())["checkpoint"] == str(tiny_hf_dir)
 
 
+def test_a_run_in_which_every_item_failed_does_not_exit_cleanly(tmp_path, tiny_hf_dir):
+    """An image-question file given to t2i.yaml: every item is an error, and the run says so."""
+    (tmp_path / "q.jsonl").write_text(json.dumps({"image": "a.png", "question": "what?"}) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="no item could be produced: all 1 failed"):
+        run_predict(tmp_path, "t2i.yaml", model={"checkpoint": str(tiny_hf_dir)},
+                    data={"path": str(tmp_path / "q.jsonl")}, writer={"output_dir": str(out)})
+    assert "no 'prompt'" in read_jsonl(out / "errors.jsonl")[0]["error"]
+
+
 def test_geneval_layout_is_what_the_scorer_reads(tmp_path, tiny_hf_dir):
     lines = GENEVAL_LINES
     (tmp_path / "meta.jsonl").write_text("\n".join(lines) + "\n")

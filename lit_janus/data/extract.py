@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,11 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 class ExtractionData(L.LightningDataModule):
     """The images of a source, preprocessed for the VQ tokenizer (short side, centre crop, [-1, 1])."""
 
-    def __init__(self, source: Source, image_size: int = 384, batch_size: int = 32, num_workers: int = 4):
+    def __init__(self, source: Source, image_size: int | None = None, batch_size: int = 32, num_workers: int = 4):
         """
         Args:
             source: records with an `image` (a `JsonlSource` t2i manifest or a `ClassFolderSource`).
-            image_size: the VQ input side (the model's image size: 384 for Janus-Pro).
+            image_size: the VQ input side; default: the checkpoint's image size (384 for Janus-Pro).
             batch_size: images per device and step.
             num_workers: DataLoader workers for image decoding.
         """
@@ -70,7 +71,16 @@ class ExtractionData(L.LightningDataModule):
         self.source, self.image_size, self.batch_size, self.num_workers = source, image_size, batch_size, num_workers
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(ImageRecords(self.source, self.image_size), batch_size=self.batch_size, shuffle=False,
+        # configure_model has run: the extractor knows its checkpoint's image size
+        model_size = getattr(self.trainer.lightning_module, "image_size", None) if self.trainer else None
+        size = self.image_size or model_size
+        if size is None:
+            raise ValueError("set data.init_args.image_size (the VQ input side of the checkpoint)")
+        if model_size is not None and size != model_size:
+            raise ValueError(f"data.init_args.image_size is {size} but the checkpoint's VQ takes {model_size} px "
+                             f"images ({model_size // 16}x{model_size // 16} codes each): set it to {model_size} "
+                             "or leave it unset")
+        return DataLoader(ImageRecords(self.source, size), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=collate_images)
 
 
@@ -80,22 +90,24 @@ class CodeExtractor(L.LightningModule):
     def __init__(self, checkpoint: str):
         """
         Args:
-            checkpoint: a pretrained directory in DeepSeek's or transformers' layout.
+            checkpoint: a pretrained directory (DeepSeek's or transformers' layout) or a Lightning
+                checkpoint (file or sharded directory) of this project.
         """
         super().__init__()
         self.checkpoint = checkpoint
         self.vq: torch.nn.Module | None = None
-        self.codebook_size = self.num_image_tokens = None
+        self.codebook_size = self.num_image_tokens = self.image_size = None
 
     def configure_model(self) -> None:
         if self.vq is not None:
             return
-        from lit_janus.checkpoint import load_pretrained
+        from lit_janus.checkpoint import load_any
 
-        model, _ = load_pretrained(self.checkpoint)
+        model, _ = load_any(self.checkpoint)
         # keep only the VQ tokenizer: the LLM and SigLIP are not needed to make codes
         self.vq = model.vq.eval().requires_grad_(False)
         self.codebook_size, self.num_image_tokens = model.config.codebook_size, model.config.num_image_tokens
+        self.image_size = model.config.image_size
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         from lit_janus.vq import vq_encode
@@ -103,6 +115,13 @@ class CodeExtractor(L.LightningModule):
         if batch["index"].numel() == 0:
             return {"index": batch["index"].cpu(), "codes": torch.empty(0, self.num_image_tokens, dtype=torch.long)}
         return {"index": batch["index"].cpu(), "codes": vq_encode(self.vq, batch["pixels"]).cpu()}
+
+
+def _relative_to(path: str, folder: Path) -> str:
+    try:
+        return os.path.relpath(Path(path).resolve(), folder.resolve())
+    except ValueError:  # another drive (Windows): no relative path
+        return str(Path(path).resolve())
 
 
 def _jsonable(value: Any) -> bool:
@@ -159,6 +178,8 @@ class CodeWriter(BasePredictionWriter):
             with open(self.output_dir / "manifest.jsonl", "w") as f:
                 for i in np.flatnonzero(done):
                     record = {k: v for k, v in source[int(i)].items() if _jsonable(v)}
+                    if isinstance(record.get("image"), str):  # manifests resolve paths against their own folder
+                        record["image"] = _relative_to(record["image"], self.output_dir)
                     record.update(codes="codes.npy", codes_row=int(i))
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
             print(f"extracted codes for {int(done.sum())} of {len(done)} images into {self.output_dir} "

@@ -5,7 +5,8 @@
 Each item is `{"record": JSON, "image": bytes}`: the record as in the manifest (formats in
 `lit_janus.data.sources`) and the original bytes of its image file(s), so nothing is re-encoded
 and the directory is self-contained (copy it to a bucket and stream it with `StreamingSource`).
-Pre-extracted codes are stored inline as a list. Records whose images are missing or do not
+Pre-extracted codes are stored inline as a list (without the
+record's image, which training would not read). Records whose images are missing or do not
 decode, or whose codes file/row is unusable, are left out and counted; everything else is checked
 when training reads it.
 """
@@ -40,6 +41,8 @@ def item(index: int, source: Source) -> dict[str, Any] | None:
     try:
         record = dict(source[index])
         images = record.pop("images", None) or record.pop("image", None) or []
+        if record.get("codes") is not None:  # training reads the codes, never the image: do not store it
+            images = []
         blobs = [_image_bytes(im) for im in (images if isinstance(images, list) else [images])]
         if isinstance(record.get("codes"), str):  # inline: one self-contained item (checked as in training)
             record["codes"] = load_codes(record["codes"], record.pop("codes_row", None)).tolist()
@@ -73,7 +76,11 @@ def optimize_source(source: Source, output_dir: str, num_workers: int = 1, chunk
         # litdata forces the process-wide start method to spawn; a caller's DataLoaders (notebooks, tests,
         # a conversion before training) would then need picklable everything and restart slowly
         multiprocessing.set_start_method(start_method, force=True)
-    return len(StreamingDataset(output_dir))
+    try:
+        return len(StreamingDataset(output_dir))
+    except AssertionError as e:  # litdata: "No chunks found in the .../index.json file"
+        raise ValueError(f"none of the {len(source)} records could be stored (each was skipped; the lines above "
+                         f"say why): {output_dir} holds nothing") from e
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -197,6 +197,12 @@ class _Writer(BasePredictionWriter):
         if c["failed"]:
             msg += f", {c['failed']} failed (see {self.errors_path})"
         log.warning(msg) if c["failed"] else log.info(msg)
+        # a run in which every item failed (e.g. a questions file given to t2i.yaml) must not exit 0
+        counts = torch.tensor([c["written"] + c["skipped"], c["failed"]], device=pl_module.device)
+        total = trainer.strategy.reduce(counts, reduce_op="sum")
+        if int(total[1]) and not int(total[0]):
+            raise ValueError(f"no item could be produced: all {int(total[1])} failed (the reasons are in "
+                             f"{self.errors_path})")
 
 
 class ImageWriter(_Writer):

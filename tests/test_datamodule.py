@@ -99,6 +99,14 @@ def test_fit_mixes_the_exact_ratio_every_step_and_validates_on_held_out_data(tmp
     assert dm.state_dict() == {"train_steps": 12, "samples": {"und": 24, "text": 36, "t2i": 60}}
 
 
+def test_validate_without_validation_sources_says_so(tmp_path, tok_dir, tiny_tokenizer):
+    """`main.py validate` with no val_* sources used to run nothing and exit 0."""
+    dm = datamodule(tok_dir, tmp_path, val=False)
+    with pytest.raises(ValueError, match="nothing to validate: set val_und / val_text / val_t2i"):
+        trainer(tmp_path).validate(Recorder(tiny_tokenizer), dm)
+    assert datamodule(tok_dir, tmp_path, val=False).val_dataloader() == []  # fit without validation: fine
+
+
 def test_ratio_zero_switches_a_stream_off_and_stage_batch_errors_are_clear(tmp_path, tok_dir, tiny_tokenizer):
     dm = datamodule(tok_dir, tmp_path, ratio=TaskRatio(1, 0, 3), global_batch_size=8, val=False)
     model = Recorder(tiny_tokenizer)

@@ -253,6 +253,9 @@ class JanusDataModule(L.LightningDataModule):
             self.setup("validate")
         tasks = [t for t in self.active if self.val_sources[t]]
         if not tasks or self.val_batches < 1:
+            if self.trainer is not None and self.trainer.state.fn == "validate":  # `main.py validate`: say why
+                raise ValueError("nothing to validate: set val_und / val_text / val_t2i sources (for the mixed "
+                                 f"tasks {self.active}) and val_batches >= 1 (now {self.val_batches})")
             return []
         if len(tasks) < len(self.active):
             rank_zero_warn(f"validation mixes only {tasks}: no val sources for "

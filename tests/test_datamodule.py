@@ -4,6 +4,7 @@ config parsing, and the code-extraction predict config."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -328,6 +329,25 @@ def test_extract_codes_predict_config(tmp_path, tiny_hf_dir, tiny_model, tiny_pr
         pixels = tiny_processor.generation_pixels(str(tmp_path / "data" / "img" / f"{i}.png"))
         expected = vq_encode(tiny_model.vq, pixels[None])[0]
         assert s.gen_pixels is None and torch.equal(s.gen_labels[s.gen_labels != IGNORE], expected)
+
+    # a killed extraction resumes: rows already filled are kept, and their images never read again
+    extract("data/part", "--trainer.limit_predict_batches", "0.4")  # 1 of 3 batches: records 0, 1
+    part = np.load(tmp_path / "data" / "part" / "codes.npy")
+    assert (part[:2] >= 0).all() and (part[2:] == -1).all()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for i in (0, 1):  # were they read again, they would now be unreadable (-1)
+        (tmp_path / "data" / "img" / f"{i}.png").rename(moved / f"{i}.png")
+    extract("data/part")
+    assert np.array_equal(np.load(tmp_path / "data" / "part" / "codes.npy"), codes)
+    assert len((tmp_path / "data" / "part" / "manifest.jsonl").read_text().splitlines()) == 5
+    with pytest.raises(ValueError, match="holds the codes of another extraction .*checkpoint"):
+        main(["predict", "--config", str(ROOT / "configs/predict/extract_codes.yaml"),
+              "--model.init_args.checkpoint", str(shutil.copytree(tiny_hf_dir, tmp_path / "other")),
+              "--data.init_args.source.init_args.path", "data/t2i.jsonl", "--trainer.accelerator", "cpu",
+              "--trainer.callbacks.init_args.output_dir", "data/part"])
+    for i in (0, 1):
+        (moved / f"{i}.png").rename(tmp_path / "data" / "img" / f"{i}.png")
 
     import litdata  # noqa: F401  (installed by .ci/run)
 

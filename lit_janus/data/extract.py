@@ -9,7 +9,9 @@ every epoch.
 writes `OUT/codes.npy` (one [N, tokens] array, row i = record i, -1 where the image was unreadable)
 and `OUT/manifest.jsonl` with `{"codes": "codes.npy", "codes_row": i, "caption": ...}` lines for
 every record that got codes, ready to be a `JsonlSource` of the t2i stream. Runs on any number of
-GPUs with DDP (each rank writes its own rows of the memory-mapped array).
+GPUs with DDP (each rank writes its own rows of the memory-mapped array). A killed extraction resumes:
+rerun the same command and only the rows still missing are read (`OUT/extract.json` records the
+checkpoint and the source, so a rerun with another one stops instead of mixing codes).
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ log = logging.getLogger(__name__)
 
 
 class ImageRecords(Dataset):
-    """`{"index", "pixels"}` for each record of a source (pixels None when the image is unreadable)."""
+    """`{"index", "pixels"}` for each record of a source, or of the records `indices` (pixels None
+    when the image is unreadable)."""
 
-    def __init__(self, source: Source, image_size: int):
-        self.source, self.image_size = source, image_size
+    def __init__(self, source: Source, image_size: int, indices: np.ndarray | None = None):
+        self.source, self.image_size, self.indices = source, image_size, indices
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.source) if self.indices is None else len(self.indices)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        index = k if self.indices is None else int(self.indices[k])
         try:
             pixels = generation_pixels(load_rgb(self.source[index]["image"]), self.image_size)
         except (OSError, ValueError, KeyError) as e:
@@ -69,6 +73,7 @@ class ExtractionData(L.LightningDataModule):
         """
         super().__init__()
         self.source, self.image_size, self.batch_size, self.num_workers = source, image_size, batch_size, num_workers
+        self.todo: np.ndarray | None = None  # record indices still without codes (set by CodeWriter on a resume)
 
     def predict_dataloader(self) -> DataLoader:
         # configure_model has run: the extractor knows its checkpoint's image size
@@ -80,7 +85,7 @@ class ExtractionData(L.LightningDataModule):
             raise ValueError(f"data.init_args.image_size is {size} but the checkpoint's VQ takes {model_size} px "
                              f"images ({model_size // 16}x{model_size // 16} codes each): set it to {model_size} "
                              "or leave it unset")
-        return DataLoader(ImageRecords(self.source, size), batch_size=self.batch_size, shuffle=False,
+        return DataLoader(ImageRecords(self.source, size, self.todo), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=collate_images)
 
 
@@ -133,36 +138,75 @@ def _jsonable(value: Any) -> bool:
 
 
 class CodeWriter(BasePredictionWriter):
-    """Writes `codes.npy` ([N, tokens], row = record index, -1 = no codes) and `manifest.jsonl`."""
+    """Writes `codes.npy` ([N, tokens], row = record index, -1 = no codes) and `manifest.jsonl`, and
+    resumes an extraction that was stopped: rows already filled are kept and their images not read."""
 
     def __init__(self, output_dir: str):
         """
         Args:
-            output_dir: where `codes.npy` and `manifest.jsonl` go.
+            output_dir: where `codes.npy`, `manifest.jsonl` and `extract.json` go.
         """
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self._codes: np.ndarray | None = None
+        self._resume = False
 
-    def _dataset(self, trainer) -> ImageRecords:
-        loaders = trainer.predict_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        if not isinstance(loader.dataset, ImageRecords):
+    @property
+    def codes_path(self) -> Path:
+        return self.output_dir / "codes.npy"
+
+    def _run_settings(self, trainer, pl_module, data: ExtractionData) -> dict:
+        from lit_janus.predict.generator import checkpoint_fingerprint
+
+        source = data.source
+        where = getattr(source, "path", None) or getattr(source, "root", None) or type(source).__name__
+        return {"checkpoint": str(pl_module.checkpoint), "checkpoint_fingerprint": checkpoint_fingerprint(
+                pl_module.checkpoint), "source": str(where), "records": len(source)}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Before the data loader exists: on a rerun, find the rows still to do (all ranks agree)."""
+        data = trainer.datamodule
+        if not isinstance(data, ExtractionData):
             raise TypeError("CodeWriter needs the ExtractionData datamodule")
-        return loader.dataset
+        settings = self._run_settings(trainer, pl_module, data)
+        run_file = self.output_dir / "extract.json"
+        self._resume = self.codes_path.is_file()
+        trainer.strategy.barrier("extraction: codes.npy looked for")  # before rank 0 can create it
+        if self._resume:
+            before = json.loads(run_file.read_text()) if run_file.is_file() else {}
+            changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
+            if changed:
+                raise ValueError(f"{self.output_dir} holds the codes of another extraction ({'; '.join(changed)}): "
+                                 "write to another output_dir or delete that folder")
+            codes = np.load(self.codes_path, mmap_mode="r")
+            done = (codes >= 0).all(1)  # a row killed half-way through its copy is redone
+            data.todo = np.flatnonzero(~done)
+            if trainer.is_global_zero:
+                log.warning("resuming the extraction in %s: %d of %d records have codes, %d to do",
+                            self.output_dir, int(done.sum()), len(done), len(data.todo))
+        elif trainer.is_global_zero:
+            from lit_janus.predict.writers import atomic_write
+
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(run_file, lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        n, tokens = len(self._dataset(trainer)), pl_module.num_image_tokens
+        n, tokens = len(trainer.datamodule.source), pl_module.num_image_tokens
         dtype = np.int16 if pl_module.codebook_size <= np.iinfo(np.int16).max else np.int32
-        path = self.output_dir / "codes.npy"
-        if trainer.is_global_zero:  # one array for all ranks; each fills its own rows
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            codes = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, tokens))
+        if self._resume:
+            codes = np.load(self.codes_path, mmap_mode="r")
+            if codes.shape != (n, tokens) or codes.dtype != dtype:
+                raise ValueError(f"{self.codes_path} is {codes.dtype} {codes.shape}, not {np.dtype(dtype)} {(n, tokens)}: "
+                                 "delete it to extract again")
+        elif trainer.is_global_zero:  # one array for all ranks; each fills its own rows
+            tmp = self.codes_path.with_name(".codes.npy.tmp")
+            codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, tokens))
             codes[:] = -1
             codes.flush()
             del codes
+            tmp.replace(self.codes_path)
         trainer.strategy.barrier("codes.npy created")
-        self._codes = np.load(path, mmap_mode="r+")
+        self._codes = np.load(self.codes_path, mmap_mode="r+")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         index = prediction["index"].numpy()
@@ -173,15 +217,18 @@ class CodeWriter(BasePredictionWriter):
         self._codes.flush()
         trainer.strategy.barrier("codes written")
         if trainer.is_global_zero:
-            source = self._dataset(trainer).source
-            done = self._codes[:, 0] >= 0
-            with open(self.output_dir / "manifest.jsonl", "w") as f:
-                for i in np.flatnonzero(done):
-                    record = {k: v for k, v in source[int(i)].items() if _jsonable(v)}
-                    if isinstance(record.get("image"), str):  # manifests resolve paths against their own folder
-                        record["image"] = _relative_to(record["image"], self.output_dir)
-                    record.update(codes="codes.npy", codes_row=int(i))
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            from lit_janus.predict.writers import atomic_write
+
+            source = trainer.datamodule.source
+            done = (self._codes >= 0).all(1)
+            lines = []
+            for i in np.flatnonzero(done):
+                record = {k: v for k, v in source[int(i)].items() if _jsonable(v)}
+                if isinstance(record.get("image"), str):  # manifests resolve paths against their own folder
+                    record["image"] = _relative_to(record["image"], self.output_dir)
+                record.update(codes="codes.npy", codes_row=int(i))
+                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            atomic_write(self.output_dir / "manifest.jsonl", lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
             print(f"extracted codes for {int(done.sum())} of {len(done)} images into {self.output_dir} "
                   f"({int((~done).sum())} unreadable, skipped)")
         self._codes = None

@@ -18,7 +18,7 @@ from lit_janus.predict.inputs import clip_text, split_lines
 log = logging.getLogger(__name__)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """write(tmp_path) then rename over `path`: a killed run never leaves a half-written file under
     the final name (the temp name starts with '.' so scorers globbing for `\\d+.png` skip it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,7 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
     im = Image.fromarray(image.numpy())
-    _atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 def image_grid(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
@@ -70,7 +70,7 @@ def _repair_jsonl(path: Path) -> list[dict]:
     raw = path.read_bytes()
     if raw and not raw.endswith(b"\n"):
         raw = raw[: raw.rfind(b"\n") + 1]
-        _atomic_write(path, lambda tmp: tmp.write_bytes(raw))
+        atomic_write(path, lambda tmp: tmp.write_bytes(raw))
     out = []
     for line in split_lines(raw.decode("utf-8")):
         try:
@@ -140,7 +140,7 @@ class _Writer(BasePredictionWriter):
         if self.done:
             log.warning("%s has outputs but no run.json (an older version wrote it): cannot check they come "
                         "from this checkpoint and these settings; resuming, and recording them now", self.output_dir)
-        _atomic_write(self.run_path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
+        atomic_write(self.run_path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
 
     def _identity(self, record: dict) -> tuple:
         return tuple(record.get(k) for k in self.IDENTITY)
@@ -238,7 +238,7 @@ class ImageWriter(_Writer):
         kept = [r for r in records if r.get("n_images") in (None, len(written[r.get("index")]))]
         if len(kept) != len(records):
             data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-            _atomic_write(path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
+            atomic_write(path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
 
     def _written(self) -> dict[int, tuple]:
         if self.layout == "geneval":
@@ -263,7 +263,7 @@ class ImageWriter(_Writer):
                 save_png(image_grid(images), folder / "grid.png")
             meta = r.get("metadata") or {"prompt": r["prompt"]}
             # written last: its presence marks the prompt as done
-            _atomic_write(folder / "metadata.jsonl", lambda tmp: tmp.write_text(json.dumps(meta) + "\n"))
+            atomic_write(folder / "metadata.jsonl", lambda tmp: tmp.write_text(json.dumps(meta) + "\n"))
             return
         grid_file = f"grids/{index:05d}.png" if self.grid else None
         for j, im in enumerate(images):

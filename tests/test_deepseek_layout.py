@@ -5,7 +5,6 @@ DeepSeek's MultiModalityCausalLM, checked bit-exact against DeepSeek's code; the
 written in the hub's real file layout (config.json "multi_modality", .bin pickles or shards).
 """
 
-import json
 import logging
 
 import pytest

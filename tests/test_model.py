@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lit_janus.batch import IGNORE, collate
+from lit_janus.batch import collate
 from lit_janus.vq import l2_nearest_code, vq_decode, vq_encode
 
 

@@ -83,8 +83,7 @@ class ExtractionData(L.LightningDataModule):
             raise ValueError("set data.init_args.image_size (the VQ input side of the checkpoint)")
         if model_size is not None and size != model_size:
             raise ValueError(f"data.init_args.image_size is {size} but the checkpoint's VQ takes {model_size} px "
-                             f"images ({model_size // 16}x{model_size // 16} codes each): set it to {model_size} "
-                             "or leave it unset")
+                             f"images: set it to {model_size} or leave it unset")
         return DataLoader(ImageRecords(self.source, size, self.todo), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=collate_images)
 
@@ -122,6 +121,11 @@ class CodeExtractor(L.LightningModule):
         return {"index": batch["index"].cpu(), "codes": vq_encode(self.vq, batch["pixels"]).cpu()}
 
 
+def _filled_rows(codes: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Rows with every code written, read in chunks (ImageNet's array is 1.5 GB)."""
+    return np.concatenate([(codes[i : i + chunk] >= 0).all(1) for i in range(0, len(codes), chunk)] or [[]]).astype(bool)
+
+
 def _relative_to(path: str, folder: Path) -> str:
     try:
         return os.path.relpath(Path(path).resolve(), folder.resolve())
@@ -155,7 +159,7 @@ class CodeWriter(BasePredictionWriter):
     def codes_path(self) -> Path:
         return self.output_dir / "codes.npy"
 
-    def _run_settings(self, trainer, pl_module, data: ExtractionData) -> dict:
+    def _run_settings(self, pl_module, data: ExtractionData) -> dict:
         from lit_janus.predict.generator import checkpoint_fingerprint
 
         source = data.source
@@ -168,7 +172,7 @@ class CodeWriter(BasePredictionWriter):
         data = trainer.datamodule
         if not isinstance(data, ExtractionData):
             raise TypeError("CodeWriter needs the ExtractionData datamodule")
-        settings = self._run_settings(trainer, pl_module, data)
+        settings = self._run_settings(pl_module, data)
         run_file = self.output_dir / "extract.json"
         self._resume = self.codes_path.is_file()
         trainer.strategy.barrier("extraction: codes.npy looked for")  # before rank 0 can create it
@@ -179,7 +183,7 @@ class CodeWriter(BasePredictionWriter):
                 raise ValueError(f"{self.output_dir} holds the codes of another extraction ({'; '.join(changed)}): "
                                  "write to another output_dir or delete that folder")
             codes = np.load(self.codes_path, mmap_mode="r")
-            done = (codes >= 0).all(1)  # a row killed half-way through its copy is redone
+            done = _filled_rows(codes)  # a row killed half-way through its copy is redone
             data.todo = np.flatnonzero(~done)
             if trainer.is_global_zero:
                 log.warning("resuming the extraction in %s: %d of %d records have codes, %d to do",
@@ -220,7 +224,7 @@ class CodeWriter(BasePredictionWriter):
             from lit_janus.predict.writers import atomic_write
 
             source = trainer.datamodule.source
-            done = (self._codes >= 0).all(1)
+            done = _filled_rows(self._codes)
             lines = []
             for i in np.flatnonzero(done):
                 record = {k: v for k, v in source[int(i)].items() if _jsonable(v)}

@@ -5,10 +5,9 @@
 Each item is `{"record": JSON, "image": bytes}`: the record as in the manifest (formats in
 `lit_janus.data.sources`) and the original bytes of its image file(s), so nothing is re-encoded
 and the directory is self-contained (copy it to a bucket and stream it with `StreamingSource`).
-Pre-extracted codes are stored inline as a list (without the
-record's image, which training would not read). Records whose images are missing or do not
-decode, or whose codes file/row is unusable, are left out and counted; everything else is checked
-when training reads it.
+Pre-extracted codes are stored inline as a list, without the record's image (training reads the
+codes, never the image). Records whose images are missing or do not decode, or whose codes
+file/row is unusable, are left out and counted; everything else is checked when training reads it.
 """
 
 from __future__ import annotations

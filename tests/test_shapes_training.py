@@ -1,6 +1,7 @@
 """ShapesWorld training: stage 0a (VQ), stage 0b (SigLIP), assembling the Stage I checkpoint, the pipeline."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -449,6 +450,47 @@ def test_pipeline_smoke(tmp_path):
     (tmp_path / "encoder.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match="not stage0 runs"):
         main(["--config", str(tmp_path / "encoder.yaml"), "--out", str(tmp_path / "bad")])
+
+
+def test_a_stopped_pipeline_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
+    """Rerunning the same command continues the stopped stage from its last.ckpt (not from step 0, and
+    with no stale checkpoint left at the documented path); other settings into the same --out are refused."""
+    import yaml
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_janus.shapes import pipeline as P
+
+    spec = yaml.safe_load(_micro_spec(tmp_path, stages=False).read_text())
+    spec["stages"][0]["max_steps"] = 4
+    spec["checkpoint_every"] = 2
+    (tmp_path / "resume.yaml").write_text(yaml.safe_dump(spec))
+    args = ["--config", str(tmp_path / "resume.yaml"), "--out", str(tmp_path / "run")]
+    ckpts = tmp_path / "run" / "stage1" / "checkpoints"
+
+    save = ModelCheckpoint.on_train_batch_end
+
+    def save_then_die(self, trainer, *args, **kwargs):  # stands in for a kill at step 3 of Stage I
+        save(self, trainer, *args, **kwargs)
+        if trainer.global_step == 3 and Path(self.dirpath) == ckpts:
+            raise RuntimeError("stopped")
+
+    monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end", save_then_die)
+    with pytest.raises(RuntimeError, match="stopped"):
+        P.main(args)
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 2  # the periodic checkpoint
+    monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end", save)
+
+    capsys.readouterr()
+    result = P.main(args)
+    assert f"stage1: resuming from {ckpts / 'last.ckpt'}" in capsys.readouterr().out
+    assert result["checkpoints"]["stage1"] == str(ckpts / "last.ckpt") and sorted(os.listdir(ckpts)) == ["last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert set(result["stage0"]) >= {"vq_loss", "siglip_loss"}  # finished stage-0 runs keep their metrics
+
+    spec["stages"][0]["max_steps"] = 5
+    (tmp_path / "resume.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        P.main(args)
 
 
 def test_pipeline_end_to_end(tmp_path):

@@ -14,7 +14,11 @@ ShapesEval + VQA after each stage. Writes into `--out`:
     tb/                          TensorBoard logs of every stage (and `tb/pipeline`: the table over stages)
     stage0/                      vq.safetensors + vision.safetensors (drop-in JanusPro weights)
     init/                        the assembled Stage I starting checkpoint (transformers layout)
-    <stage>/checkpoints/last.ckpt
+    <stage>/checkpoints/last.ckpt   every `checkpoint_every` steps and at the end of each run
+
+A stopped pipeline resumes: rerun the same command (same --out). Finished runs end at once (their
+evaluations run again), a stopped one continues from its last.ckpt; a run whose settings changed is
+refused rather than mixed with the old one.
 
 A pipeline file (YAML) names the stage configs and sets steps and sizes; see configs/shapes/demo.yaml.
 """
@@ -93,6 +97,8 @@ class PipelineSpec:
     """Also evaluate the assembled (untrained) model: the 'before' row."""
     print_categories: list[str] = field(default_factory=lambda: ["single_object", "colors"])
     seed: int = 0
+    checkpoint_every: int = 200
+    """Steps between each run's `last.ckpt` (also at its end): what a rerun of a stopped pipeline resumes from."""
 
     @classmethod
     def load(cls, path: str | Path) -> tuple["PipelineSpec", Path]:
@@ -172,7 +178,7 @@ class Pipeline:
     def _callbacks(self, stage: StageSpec, eval_callback: bool) -> list[dict]:
         cbs = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                 "init_args": {"dirpath": str(self.out / stage.name / "checkpoints"), "save_last": True,
-                              "save_top_k": 0}},
+                              "save_top_k": 0, "every_n_train_steps": self.spec.checkpoint_every}},
                {"class_path": "lit_janus.callbacks.StepTimes"}]
         if eval_callback:
             cbs.append({"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
@@ -200,7 +206,6 @@ class Pipeline:
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(self.out / "tb"), "name": stage.name, "version": ""}})
         _set_dotted(overlay, "trainer.callbacks", self._callbacks(stage, eval_callback))
-        _set_dotted(overlay, "trainer.enable_progress_bar", sys.stderr.isatty())
         _set_dotted(overlay, "trainer.enable_model_summary", False)
         for k, v in self.spec.trainer.items():
             _set_dotted(overlay, f"trainer.{k}", v)
@@ -216,13 +221,22 @@ class Pipeline:
             _set_dotted(overlay, k, v)
         (self.out / stage.name).mkdir(parents=True, exist_ok=True)
         overlay_path = self.out / stage.name / "overlay.yaml"
-        overlay_path.write_text("# written by lit_janus.shapes.pipeline: this run's settings over the stage config\n"
-                                + yaml.safe_dump(overlay, sort_keys=False))
-        args = ["fit", "--config", str(self._config_path(stage.config)), "--config", str(overlay_path)]
+        text = ("# written by lit_janus.shapes.pipeline: this run's settings over the stage config\n"
+                + yaml.safe_dump(overlay, sort_keys=False))
+        args = ["fit", "--config", str(self._config_path(stage.config)), "--config", str(overlay_path),
+                "--trainer.enable_progress_bar", str(sys.stderr.isatty()).lower()]  # not in the overlay: a rerun compares it
+        last = self.out / stage.name / "checkpoints" / "last.ckpt"
+        resume = last.is_file()
+        if resume:  # a rerun into the same --out: continue this run if it is this run (a finished one ends at once)
+            if not overlay_path.is_file() or overlay_path.read_text() != text:
+                raise ValueError(f"{self.out / stage.name} holds a run with other settings than this one ({overlay_path} "
+                                 "differs): rerun the same command to resume it, or use another --out")
+            args += ["--ckpt_path", str(last)]
+        overlay_path.write_text(text)
         (self.out / stage.name / "command.txt").write_text("python main.py " + " ".join(args) + "\n")
         t = time.perf_counter()
-        self.log(f"[{self.elapsed()}] {stage.name}: fit {stage.config} for {stage.max_steps} steps"
-                 + (f" from {init_from}" if init_from else ""))
+        self.log(f"[{self.elapsed()}] {stage.name}: " + (f"resuming from {last}, " if resume else "")
+                 + f"fit {stage.config} for {stage.max_steps} steps" + (f" from {init_from}" if init_from else ""))
         cli = main(args)
         self.timings[stage.name] = time.perf_counter() - t
         ckpt = cli.trainer.checkpoint_callback.last_model_path
@@ -280,9 +294,11 @@ class Pipeline:
             cli = self.fit(st, eval_callback=False, stage0=True)
             part, prefix = ("vision", "siglip") if isinstance(cli.model, SigLIPModule) else ("vq", "vq")
             parts[part] = self.checkpoints[st.name]
-            metrics = {k: v for k, v in metrics.items() if not k.startswith(prefix + "_")}
-            metrics |= {f"{prefix}_{k[4:]}": float(v) for k, v in cli.trainer.callback_metrics.items()
-                        if k.startswith("val/")}
+            new = {f"{prefix}_{k[4:]}": float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+            if not new and (out / "stage0.json").is_file():  # a finished run resumed: it validated last time
+                new = {k: v for k, v in json.loads((out / "stage0.json").read_text()).get("metrics", {}).items()
+                       if k.startswith(prefix + "_")}
+            metrics = {k: v for k, v in metrics.items() if not k.startswith(prefix + "_")} | new
             if part == "vq" or config is None:
                 config = cli.model.config
         self.extra["stage0"] = metrics

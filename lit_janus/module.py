@@ -280,8 +280,8 @@ class JanusModule(L.LightningModule):
                          on_epoch=not on_step, batch_size=n, sync_dist=not on_step)
         for key, value in batch.items():
             if key.startswith("skipped_") or key == "cfg_dropped":
-                self.log(f"data/{key}", value.float().sum(), on_step=on_step, on_epoch=not on_step,
-                         reduce_fx="sum", batch_size=1)
+                tag = f"data/{key}" if on_step else f"{split}_data/{key}"  # validation's own tags: not one zig-zag
+                self.log(tag, value.float().sum(), on_step=on_step, on_epoch=not on_step, reduce_fx="sum", batch_size=1)
         return loss
 
     def _logs_this_step(self) -> bool:

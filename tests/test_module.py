@@ -257,3 +257,21 @@ def test_init_from_of_other_shapes_names_the_difference(tiny_hf_dir, tiny_config
     with pytest.raises(ValueError, match=rf"has shapes .* but this run expects .*n_layer {tiny_config.n_layer} vs "
                                          rf"{tiny_config.n_layer + 1}\)"):
         module.configure_model()
+
+
+def test_validation_data_counters_have_their_own_tags(tmp_path, tiny_hf_dir, tiny_processor):
+    """Training's data/* counters are per step; validation's (an epoch sum) go to val_data/*, not onto the
+    same tag, where the two interleaved into one zig-zag curve."""
+    from synthetic import FixedBatches
+
+    module = _module(tiny_hf_dir, stage=2)
+    module.configure_model()
+    batch = dict(FixedBatches(tiny_processor, 1, 64)[0])
+    batch |= {"cfg_dropped": torch.tensor([1]), "skipped_t2i": torch.tensor([2])}
+    tags = {}
+    module.log = lambda name, value, **kw: tags.setdefault(name, kw)
+    module._logs_this_step = lambda: True
+    module._shared_step(dict(batch), "train")
+    module._shared_step(dict(batch), "val")
+    assert tags["data/cfg_dropped"]["on_step"] and tags["data/skipped_t2i"]["on_step"]
+    assert not tags["val_data/cfg_dropped"]["on_step"] and tags["val_data/skipped_t2i"]["on_epoch"]

@@ -113,14 +113,17 @@ class SampleImages(Callback):
 
 
 class StepTimes(Callback):
-    """Where each training step's wall time goes: medians logged every `log_every_n_steps` over the
-    steps since the last log (`time/*_ms` in TensorBoard), and over the whole run from `summary()`
-    (the ShapesWorld pipeline prints that per run).
+    """Where each training batch's wall time goes: medians logged every `log_every_n_steps` optimizer
+    steps over the batches since the last log (`time/*_ms` in TensorBoard), and over the whole run from
+    `summary()` (the ShapesWorld pipeline prints that per run). A batch is a step without gradient
+    accumulation; with it, an optimizer step is `accumulate_grad_batches` batches (and `steps` in
+    `summary()` counts batches).
 
     - `period_ms`: from one batch's start to the next one's (what a step costs).
     - `data_ms`: from a batch's end to the next one's start: fetching the batch from the loader
       (waiting for its workers), packing it (`on_before_batch_transfer`), copying it to the device,
-      and the loop's own bookkeeping between steps.
+      and the loop's own bookkeeping between steps. On the steps where a later callback works at a
+      batch's end (SampleImages, ShapesEvalCallback) that work lands here too: read the medians.
     - `step_ms`: from a batch's start to its end: forward, backward and optimizer, as launched by
       the Python process (the GPU may still be working when it returns).
     - `gpu_backlog_ms` (every `sync_every` steps, CUDA only): how long `cuda.synchronize()` waits
@@ -141,6 +144,7 @@ class StepTimes(Callback):
         self.window: dict[str, list[float]] = {}  # since the last log
         self._start = self._end = None
         self._step = 0
+        self._logged_at = -1  # the optimizer step of the last log
 
     def _add(self, key: str, seconds: float) -> None:
         if self._step > self.skip:
@@ -163,7 +167,9 @@ class StepTimes(Callback):
             torch.cuda.synchronize(pl_module.device)
             self._add("gpu_backlog_ms", time.perf_counter() - now)
         every = self.log_every_n_steps or trainer.log_every_n_steps
-        if every and self._step % every == 0 and trainer.logger is not None:
+        step = trainer.global_step  # optimizer steps: under accumulation, batches share one
+        if every and step % every == 0 and step != self._logged_at and trainer.logger is not None:
+            self._logged_at = step
             window, self.window = _medians(self.window), {}
             if window.get("steps"):
                 trainer.logger.log_metrics({f"time/{k}": v for k, v in window.items() if k != "steps"},

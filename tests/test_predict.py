@@ -366,3 +366,11 @@ def test_step_times_splits_data_wait_from_the_step():
     # the sleeps are lower bounds; the upper ones leave room for a busy machine
     assert 29 <= t["data_ms"] < 90 and 59 <= t["step_ms"] < 150 and t["step_ms"] > t["data_ms"]
     assert t["period_ms"] == pytest.approx(t["data_ms"] + t["step_ms"], abs=20)
+
+    # with gradient accumulation it logs at optimizer steps, once each (it logged at every batch)
+    cb, recorder = StepTimes(skip=0, log_every_n_steps=2), Recorder()
+    L.Trainer(max_steps=4, accumulate_grad_batches=2, logger=recorder, callbacks=[cb], enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(
+        SlowStep(), torch.utils.data.DataLoader(SlowData(), batch_size=1))
+    assert [step for step, m in recorder.logged if "time/step_ms" in m] == [2, 4]
+    assert cb.summary()["steps"] == 7  # batches: 8, the first without a previous one

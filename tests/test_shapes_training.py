@@ -478,11 +478,13 @@ def test_a_stopped_pipeline_resumes_where_it_stopped(tmp_path, monkeypatch, caps
     with pytest.raises(RuntimeError, match="stopped"):
         P.main(args)
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 2  # the periodic checkpoint
+    assert "**Incomplete**" in (tmp_path / "run" / "results.md").read_text()  # the table so far says so
     monkeypatch.setattr(ModelCheckpoint, "on_train_batch_end", save)
 
     capsys.readouterr()
     result = P.main(args)
     assert f"stage1: resuming from {ckpts / 'last.ckpt'}" in capsys.readouterr().out
+    assert result["complete"] and "Incomplete" not in (tmp_path / "run" / "results.md").read_text()
     assert result["checkpoints"]["stage1"] == str(ckpts / "last.ckpt") and sorted(os.listdir(ckpts)) == ["last.ckpt"]
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
     assert set(result["stage0"]) >= {"vq_loss", "siglip_loss"}  # finished stage-0 runs keep their metrics
@@ -533,3 +535,19 @@ def test_oracle_vqa_learns_colour_questions_from_perfect_image_tokens(tmp_path):
     history = main(["--types", "position", "--scratchpad", "--steps", "2", "--n-layer", "1", "--n-embd", "32",
                     "--eval-every", "2", "--n-eval", "20"])
     assert set(history[-1]["accuracy"]) == {"position", "position_grounding"}
+
+
+def test_stage0_export_replaces_the_folder_in_one_swap(tmp_path):
+    """The committed stage-0 folder gets all three new files or none, and keeps its README."""
+    from lit_janus.shapes.pipeline import _replace_files
+
+    dest, new = tmp_path / "stage0", tmp_path / "new"
+    dest.mkdir(), new.mkdir()
+    for name in ("vq.safetensors", "vision.safetensors", "stage0.json", "README.md"):
+        (dest / name).write_text("old")
+    for name in ("vq.safetensors", "vision.safetensors", "stage0.json"):
+        (new / name).write_text("new")
+    _replace_files(dest, sorted(new.iterdir()))
+    assert {f.name: f.read_text() for f in dest.iterdir()} == {
+        "vq.safetensors": "new", "vision.safetensors": "new", "stage0.json": "new", "README.md": "old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "stage0"]  # no .tmp / .old left

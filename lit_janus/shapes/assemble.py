@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from lit_janus.config import Config
+from lit_janus.predict.writers import atomic_write
 
 
 def load_part(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -55,7 +56,7 @@ def export_stage0(vq_ckpt: str | Path, vision_ckpt: str | Path, out_dir: str | P
     save_file(load_part(vq_ckpt, "vq."), str(out / "vq.safetensors"))
     save_file(load_part(vision_ckpt, "vision."), str(out / "vision.safetensors"))
     config = config or stage0_config(vq_ckpt)
-    (out / "stage0.json").write_text(json.dumps({"config": config.asdict()}, indent=2))
+    atomic_write(out / "stage0.json", lambda tmp: tmp.write_text(json.dumps({"config": config.asdict()}, indent=2)))
     return out
 
 

@@ -46,6 +46,8 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from lit_janus.predict.writers import atomic_write  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS_DIR = ROOT / "configs" / "shapes"
 
@@ -306,14 +308,12 @@ class Pipeline:
         meta = json.loads((out / "stage0.json").read_text())
         meta["metrics"] = metrics
         meta["produced_by"] = f"python -m lit_janus.shapes.pipeline (spec {self.spec.name})"
-        (out / "stage0.json").write_text(json.dumps(meta, indent=2))
+        atomic_write(out / "stage0.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
         self.log(f"[{self.elapsed()}] stage 0: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         if self.spec.export_stage0:
             dest = Path(self.spec.export_stage0)
             dest = dest if dest.is_absolute() else ROOT / dest
-            dest.mkdir(parents=True, exist_ok=True)
-            for f in ("vq.safetensors", "vision.safetensors", "stage0.json"):
-                shutil.copy2(out / f, dest / f)
+            _replace_files(dest, [out / f for f in ("vq.safetensors", "vision.safetensors", "stage0.json")])
             self.log(f"[{self.elapsed()}] stage 0 weights exported to {dest}")
         return out
 
@@ -402,7 +402,8 @@ class Pipeline:
         return self.evaluate(name, label, module.model, module.processor)
 
     # ---- reporting ------------------------------------------------------------------------------
-    def write_results(self) -> None:
+    def write_results(self, complete: bool = False) -> None:
+        """results.json / results.md (atomically): after every evaluation, `complete` once the run ends."""
         from lit_janus.shapes.evaluate import TABLE_COLUMNS
         from lit_janus.shapes.world import CATEGORIES
 
@@ -411,8 +412,8 @@ class Pipeline:
         data = {"pipeline": self.spec.name, "description": self.spec.description, "rows": self.rows,
                 "timings_s": self.timings, "step_times_ms": self.step_times, "total_s": total, "hardware": hardware,
                 "command": " ".join(["python -m lit_janus.shapes.pipeline", *sys.argv[1:]]),
-                "checkpoints": self.checkpoints, **self.extra}
-        (self.out / "results.json").write_text(json.dumps(data, indent=2, default=str))
+                "checkpoints": self.checkpoints, "complete": complete, **self.extra}
+        atomic_write(self.out / "results.json", lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
 
         cols = [*TABLE_COLUMNS, "Exact scene", "Held-out Colors", "Held-out Color Attri.", "VQA"]
         lines = [f"# ShapesWorld results: {self.spec.name}", "",
@@ -420,6 +421,8 @@ class Pipeline:
                  f"Command: `{data['command']}`  ",
                  f"Hardware: {hardware}  ",
                  f"Wall time: {total:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in self.timings.items()) + ")",
+                 *([] if complete else ["", "**Incomplete**: the run has not finished (or stopped) after the last "
+                                            "row below; rerun the same command to resume it."]),
                  "", "| Row | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for r in self.rows:
             g, h = r.get("geneval", {}), r.get("heldout", {})
@@ -467,7 +470,7 @@ class Pipeline:
             lines += ["", "Milliseconds per training step (medians; `lit_janus.callbacks.StepTimes`: period = data + "
                           "step; gpu backlog near 0 means the GPU waits for Python):", ""]
             lines += [f"- {name}: " + _step_times_line(t) for name, t in self.step_times.items()]
-        (self.out / "results.md").write_text("\n".join(lines) + "\n")
+        atomic_write(self.out / "results.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
     # ---- the whole run --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -499,7 +502,7 @@ class Pipeline:
                     self._evaluate_cli(st.name, st.label or st.name, cli)
                 prev = st.name
                 del cli
-        self.write_results()
+        self.write_results(complete=True)
         self.log(f"[{self.elapsed()}] wrote {self.out / 'results.md'}")
         if self._tb is not None:
             self._tb.close()
@@ -522,6 +525,21 @@ class Pipeline:
         for r in self.rows[-2:]:
             self.log(self._row_line(r))
         self.write_results()
+
+
+def _replace_files(dest: Path, files: list[Path]) -> None:
+    """Copy `files` into `dest` as one swap: a kill never leaves a VQ from one run beside an encoder
+    from another (the demo reuses what it finds). Other files in `dest` (its README) are kept."""
+    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(dest, tmp) if dest.is_dir() else tmp.mkdir(parents=True)
+    for f in files:
+        shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.is_dir():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _step_times_line(times: dict[str, float]) -> str:

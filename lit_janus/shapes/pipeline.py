@@ -297,9 +297,11 @@ class Pipeline:
             part, prefix = ("vision", "siglip") if isinstance(cli.model, SigLIPModule) else ("vq", "vq")
             parts[part] = self.checkpoints[st.name]
             new = {f"{prefix}_{k[4:]}": float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
-            if not new and (out / "stage0.json").is_file():  # a finished run resumed: it validated last time
-                new = {k: v for k, v in json.loads((out / "stage0.json").read_text()).get("metrics", {}).items()
-                       if k.startswith(prefix + "_")}
+            saved = self.out / st.name / "val_metrics.json"
+            if new:
+                atomic_write(saved, lambda tmp: tmp.write_text(json.dumps(new, indent=1)))
+            elif saved.is_file():  # a finished run resumed ends without validating: its last validation
+                new = json.loads(saved.read_text())
             metrics = {k: v for k, v in metrics.items() if not k.startswith(prefix + "_")} | new
             if part == "vq" or config is None:
                 config = cli.model.config

@@ -53,6 +53,7 @@ for group in "${@:-sampling}"; do
             run flex_step 280 benchmarks/train_step.py --attn flex_attention --no-plain --stages 2 ;;
         shapes)
             # checkpoints stay behind in /tmp; the table, sample grids and TensorBoard logs come back
+            # cut by the 540 s limit? the same group again on the still-warm machine resumes it (same --out)
             # (SHAPES_ARGS adds pipeline flags: "--smoke 1 --accelerator cpu --precision 32-true" checks this on a CPU)
             run shapes_full 540 -m lit_janus.shapes.pipeline --preset full --no-ablations --out /tmp/shapes_full ${SHAPES_ARGS:-}
             mkdir -p "$out/shapes_full"

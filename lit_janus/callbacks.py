@@ -3,6 +3,7 @@
 `SampleImages` renders images for fixed prompts every N optimizer steps and logs them to
 TensorBoard, so a run shows what the generation head has learnt, not only its loss.
 `StepTimes` says where a training step's wall time goes: the data, the step's own code, the GPU.
+`Checkpoint` is Lightning's ModelCheckpoint with a `last.ckpt` that is always the end of the run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from contextlib import contextmanager
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 
 @contextmanager
@@ -110,6 +111,20 @@ class SampleImages(Callback):
                         exp.add_text(f"samples/{i:02d}/prompt", prompt, step)
                 exp.flush()
         self._prompts_logged = True
+
+
+class Checkpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint`, except that `last.ckpt` always holds the state at the end of fit.
+
+    With `every_n_train_steps`, Lightning 2.6 writes `last` only at multiples of it and skips the save
+    at the end once any `last` was written: a 350-step run saving every 200 steps ended with a
+    `last.ckpt` of step 200, which the next stage, `convert` and a resume then took for the result."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        super().on_train_end(trainer, pl_module)
 
 
 class StepTimes(Callback):

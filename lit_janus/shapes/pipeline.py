@@ -178,7 +178,7 @@ class Pipeline:
         return p if p.is_absolute() else (self.base_dir / p)
 
     def _callbacks(self, stage: StageSpec, eval_callback: bool) -> list[dict]:
-        cbs = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        cbs = [{"class_path": "lit_janus.callbacks.Checkpoint",
                 "init_args": {"dirpath": str(self.out / stage.name / "checkpoints"), "save_last": True,
                               "save_top_k": 0, "every_n_train_steps": self.spec.checkpoint_every}},
                {"class_path": "lit_janus.callbacks.StepTimes"}]

@@ -268,6 +268,11 @@ def test_fail_fast_stops_at_the_first_bad_item(tiny_hf_dir):
     module.configure_model()
     with pytest.raises(ValueError, match="item 1: ValueError: empty prompt"):
         module.predict_step([{"index": 0, "prompt": "green"}, {"index": 1, "prompt": ""}])
+    # in file order: an empty prompt before an unparseable line is the one reported (it was the line)
+    with pytest.raises(ValueError, match="item 0: ValueError: empty prompt"):
+        module.predict_step([{"index": 0, "prompt": ""}, {"index": 1, "error": "p.jsonl line 2: invalid JSON"}])
+    with pytest.raises(ValueError, match="item 1: p.jsonl line 2: invalid JSON"):
+        module.predict_step([{"index": 0, "prompt": "green"}, {"index": 1, "error": "p.jsonl line 2: invalid JSON"}])
     module.hparams.fail_fast = False
     out = module.predict_step([{"index": 0, "prompt": "green"}, {"index": 1, "prompt": ""}, {"index": 2, "done": True}])
     assert out[0]["images"].shape[0] == 1 and "empty prompt" in out[1]["error"] and out[2]["skipped"]

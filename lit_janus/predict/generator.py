@@ -111,6 +111,12 @@ class JanusGenerator(L.LightningModule):
 
     # ---- one batch ----------------------------------------------------------------------------
     def predict_step(self, batch: list[dict], batch_idx: int = 0) -> list[dict]:
+        run = self._images if self.task == "t2i" else self._answers
+        if self.hparams.fail_fast:  # stop at the first bad item in file order, not at the first unparseable one
+            bad = next((i for i, it in enumerate(batch) if "error" in it and not it.get("done")), None)
+            if bad is not None:
+                run([it for it in batch[:bad] if "error" not in it and not it.get("done")])  # may fail first
+                self._failed(batch[bad], batch[bad]["error"])  # raises
         results: list[dict | None] = [None] * len(batch)
         todo = []
         for i, item in enumerate(batch):
@@ -120,7 +126,6 @@ class JanusGenerator(L.LightningModule):
                 results[i] = self._failed(item, item["error"])
             else:
                 todo.append(i)
-        run = self._images if self.task == "t2i" else self._answers
         for i, result in zip(todo, run([batch[i] for i in todo])):
             results[i] = result
         return results

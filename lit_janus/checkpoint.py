@@ -452,15 +452,20 @@ def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # swap: the old export moves aside before the new one takes its name, and goes only after
-    old = out.with_name(out.name + ".old")
+    replace_dir(tmp, out)
+    return out
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Give the finished directory `new` the name `dest`: the old `dest` moves aside before the new one
+    takes its name, and goes only after, so `dest` is never half of one and half of the other."""
+    old = dest.with_name(dest.name + ".old")
     if old.exists():
         shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
     shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 def _is_export(d: Path) -> bool:

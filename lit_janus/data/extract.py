@@ -169,6 +169,8 @@ class CodeWriter(BasePredictionWriter):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Before the data loader exists: on a rerun, find the rows still to do (all ranks agree)."""
+        from lit_janus.predict.writers import record_run, run_changes
+
         data = trainer.datamodule
         if not isinstance(data, ExtractionData):
             raise TypeError("CodeWriter needs the ExtractionData datamodule")
@@ -177,8 +179,7 @@ class CodeWriter(BasePredictionWriter):
         self._resume = self.codes_path.is_file()
         trainer.strategy.barrier("extraction: codes.npy looked for")  # before rank 0 can create it
         if self._resume:
-            before = json.loads(run_file.read_text()) if run_file.is_file() else {}
-            changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
+            changed = run_changes(run_file, settings)
             if changed:
                 raise ValueError(f"{self.output_dir} holds the codes of another extraction ({'; '.join(changed)}): "
                                  "write to another output_dir or delete that folder")
@@ -189,10 +190,7 @@ class CodeWriter(BasePredictionWriter):
                 log.warning("resuming the extraction in %s: %d of %d records have codes, %d to do",
                             self.output_dir, int(done.sum()), len(done), len(data.todo))
         elif trainer.is_global_zero:
-            from lit_janus.predict.writers import atomic_write
-
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(run_file, lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
+            record_run(run_file, settings)
 
     def on_predict_start(self, trainer, pl_module) -> None:
         n, tokens = len(trainer.datamodule.source), pl_module.num_image_tokens

@@ -31,6 +31,20 @@ def atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
+def run_changes(path: Path, settings: dict) -> list[str]:
+    """`key: old -> new` for each setting that differs from the run recorded in `path` (a JSON file written
+    by `record_run`; missing or unreadable: every setting differs)."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = {}
+    return [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
+
+
+def record_run(path: Path, settings: dict) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
+
+
 def save_png(image: torch.Tensor, path: Path) -> None:
     """uint8 [H, W, 3] -> PNG, atomically."""
     from PIL import Image
@@ -126,11 +140,7 @@ class _Writer(BasePredictionWriter):
         if settings is None:
             return
         if self.run_path.is_file() and self.done:
-            try:
-                before = json.loads(self.run_path.read_text())
-            except ValueError:
-                before = {}
-            changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
+            changed = run_changes(self.run_path, settings)
             if changed:
                 raise ValueError(
                     f"{self.output_dir} holds the outputs of another predict run ({self.run_path}: "
@@ -140,7 +150,7 @@ class _Writer(BasePredictionWriter):
         if self.done:
             log.warning("%s has outputs but no run.json (an older version wrote it): cannot check they come "
                         "from this checkpoint and these settings; resuming, and recording them now", self.output_dir)
-        atomic_write(self.run_path, lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
+        record_run(self.run_path, settings)
 
     def _identity(self, record: dict) -> tuple:
         return tuple(record.get(k) for k in self.IDENTITY)

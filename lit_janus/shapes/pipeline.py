@@ -532,16 +532,14 @@ class Pipeline:
 def _replace_files(dest: Path, files: list[Path]) -> None:
     """Copy `files` into `dest` as one swap: a kill never leaves a VQ from one run beside an encoder
     from another (the demo reuses what it finds). Other files in `dest` (its README) are kept."""
-    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+    from lit_janus.checkpoint import replace_dir
+
+    tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(dest, tmp) if dest.is_dir() else tmp.mkdir(parents=True)
     for f in files:
         shutil.copy2(f, tmp / f.name)
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.is_dir():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, dest)
 
 
 def _step_times_line(times: dict[str, float]) -> str:

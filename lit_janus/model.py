@@ -207,19 +207,21 @@ class JanusPro(nn.Module):
         In the VQ's own dtype with autocast off: codes are argmins, and a bf16-autocast encoder moves a
         few percent of them, so on-the-fly training targets would differ from the float32 codes that
         `extract_codes` writes and evaluation uses. (Under FSDP2 the VQ is gathered in float32.)"""
-        with self._vq_gathered(), torch.autocast(pixels.device.type, enabled=False):
+        with self.vq_gathered(), torch.autocast(pixels.device.type, enabled=False):
             return vq_encode(self.vq, pixels)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """VQ codes [B, grid*grid] -> pixels in [-1, 1], [B, 3, S, S]."""
-        with self._vq_gathered():
+        with self.vq_gathered():
             return vq_decode(self.vq, codes)
 
     @contextlib.contextmanager
-    def _vq_gathered(self):
+    def vq_gathered(self):
         """Under FSDP2 the frozen VQ is its own unit, gathered in float32 (lit_janus.sharding), and used
-        outside any forward (on-the-fly tokenisation, sampling): gather it here, explicitly."""
+        outside any forward (on-the-fly tokenisation, sampling): gather it here, explicitly. The gather is a
+        collective: every rank must enter this together (`JanusModule._prepare` makes ranks without
+        images to encode join the others)."""
         if not hasattr(self.vq, "unshard"):
             yield
             return

@@ -256,7 +256,17 @@ class JanusModule(L.LightningModule):
 
     # ---- steps ------------------------------------------------------------------------------
     def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if "gen_pixels" in batch:  # text-to-image targets tokenised on the fly by the frozen VQ
+        """Tokenise the step's text-to-image images with the frozen VQ (records with pre-extracted codes
+        need nothing). Under FSDP2 the VQ's gather is a collective, and image and code records may share a
+        source or a step, so one rank can have images to encode while another has none: that rank joins
+        the gather anyway, or the others would wait for it forever (NCCL) or fail (gloo)."""
+        has_images = "gen_pixels" in batch
+        t = self._trainer
+        if t is not None and t.world_size > 1 and hasattr(self.model.vq, "unshard"):
+            if t.strategy.reduce_boolean_decision(has_images, all=False) and not has_images:
+                with self.model.vq_gathered():
+                    pass
+        if has_images:
             batch = fill_codes(batch, self.model.encode_images(batch["gen_pixels"]))
         return batch
 

@@ -62,11 +62,11 @@ def main(args: list[str] | None = None, run: bool = True) -> JanusCLI:
     from lit_janus.strategy import register_strategies
 
     register_strategies()
-    if args is None:  # from the shell: expand in place (LightningCLI warns if given both)
-        sys.argv[1:] = expand_config_args(sys.argv[1:])
-    else:  # from Python (tests, notebooks): sys.argv belongs to the caller
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        args = expand_config_args(list(args))
+    # Never rewrite sys.argv: on one node with several devices, Lightning starts ranks 1..N-1 by running
+    # sys.argv again, and an expanded argv (YAML text after --config) is no longer a command line that
+    # names files. (LightningCLI warns when given `args` and a command line both; here they are one.)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    args = expand_config_args(sys.argv[1:] if args is None else list(args))
     return JanusCLI(
         model_class=None,
         datamodule_class=None,

@@ -362,6 +362,20 @@ def test_pipeline_refuses_repeated_run_names(tmp_path):
         PipelineSpec.load(tmp_path / "p.yaml")
 
 
+def test_pipeline_refuses_more_than_one_device(tmp_path):
+    """Each run is a `fit` inside the pipeline's process: Lightning would start the other ranks by running
+    the pipeline's command again."""
+    from lit_janus.shapes.pipeline import PipelineSpec
+
+    (tmp_path / "p.yaml").write_text("name: x\ntrainer: {devices: 2}\nstages: []\n")
+    with pytest.raises(ValueError, match="trains on one device.*command.txt"):
+        PipelineSpec.load(tmp_path / "p.yaml")
+    (tmp_path / "q.yaml").write_text("name: x\nstages:\n  - {name: s, config: a.yaml, max_steps: 1, "
+                                     "set: {trainer.num_nodes: 2}}\n")
+    with pytest.raises(ValueError, match="trains on one device"):
+        PipelineSpec.load(tmp_path / "q.yaml")
+
+
 def test_smoke_cuts_every_run_and_exports_nothing():
     """`--smoke`: the GPU presets checked end to end on a laptop (every run, branch and evaluation)."""
     from lit_janus.shapes.pipeline import PRESETS_DIR, PipelineSpec

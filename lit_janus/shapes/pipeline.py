@@ -120,6 +120,15 @@ class PipelineSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{p}: unknown pipeline keys {sorted(unknown)}")
+        # each run is a `fit` inside this process; Lightning would start the other ranks of a multi-device
+        # run by running this command again, i.e. N whole pipelines
+        runs = data["stage0"] + data["stages"] + [s for ab in data.get("ablations") or [] for s in ab["stages"]]
+        layouts = [data.get("trainer") or {}] + [{k.split(".")[-1]: v for k, v in s.set.items()
+                                                  if k in ("trainer.devices", "trainer.num_nodes")} for s in runs]
+        many = [t for t in layouts if str(t.get("devices", 1)) != "1" or str(t.get("num_nodes", 1)) != "1"]
+        if many:
+            raise ValueError(f"{p}: the pipeline trains on one device, not {many[0]}; run a multi-device stage by "
+                             "hand from its <out>/<stage>/command.txt with --trainer.devices N")
         # checkpoints, sample grids, logs and results are keyed by run name: a repeat would overwrite
         names = [s.name for s in data["stage0"] + data["stages"]]
         names += [s.name for ab in data.get("ablations") or [] for s in ab["stages"]]

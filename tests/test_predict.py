@@ -172,6 +172,31 @@ def test_t2i_writes_images_metadata_errors_and_resumes(tmp_path, tiny_hf_dir):
     assert np.array_equal(png(out / "images" / "00002_01.png"), gen.images[1].numpy())
 
 
+def test_t2i_on_two_devices_writes_what_one_device_writes(tmp_path, tiny_hf_dir):
+    """`python main.py predict ... --trainer.devices 2`: the ranks share the prompts (5 over 2 ranks: the
+    sampler repeats one to even them out) and write each image once, the same files one device writes."""
+    import subprocess
+    import sys
+
+    prompts = ["a photo of a red circle", "two blue squares", "green", "three", "no"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    args = dict(model={"checkpoint": str(tiny_hf_dir), "images_per_prompt": 2, "seed": 3},
+                data={"path": str(tmp_path / "prompts.txt"), "batch_size": 1}, writer={"output_dir": str(tmp_path / "one")})
+    run_predict(tmp_path, "t2i.yaml", **args)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "predict", "--config", str(ROOT / "configs/predict/t2i.yaml"),
+         "--model.init_args.checkpoint", str(tiny_hf_dir), "--model.init_args.images_per_prompt", "2",
+         "--model.init_args.seed", "3", "--data.init_args.path", str(tmp_path / "prompts.txt"),
+         "--data.init_args.batch_size", "1", "--trainer.callbacks.init_args.output_dir", str(tmp_path / "two"),
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.enable_progress_bar", "false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = read_jsonl(tmp_path / "one/metadata.jsonl"), read_jsonl(tmp_path / "two/metadata.jsonl")
+    assert len(two) == 10 and sorted(map(json.dumps, two)) == sorted(map(json.dumps, one))
+    for m in one:
+        assert np.array_equal(png(tmp_path / "one" / m["file"]), png(tmp_path / "two" / m["file"])), m["file"]
+
+
 def test_a_run_that_failed_before_any_output_does_not_block_its_rerun(tmp_path, tiny_hf_dir):
     """The usual first mistake, a wrong checkpoint path, leaves run.json but no output: the corrected
     rerun into the same folder starts afresh instead of being refused as 'another predict run'."""

@@ -3,7 +3,8 @@
 `SampleImages` renders images for fixed prompts every N optimizer steps and logs them to
 TensorBoard, so a run shows what the generation head has learnt, not only its loss.
 `StepTimes` says where a training step's wall time goes: the data, the step's own code, the GPU.
-`Checkpoint` is Lightning's ModelCheckpoint with a `last.ckpt` that is always the end of the run.
+`Checkpoint` is Lightning's ModelCheckpoint with a `last.ckpt` that is always the end of the run, and
+checkpoints that are never half written.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
+from pathlib import Path
+from weakref import proxy
 
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -114,11 +117,38 @@ class SampleImages(Callback):
 
 
 class Checkpoint(ModelCheckpoint):
-    """Lightning's `ModelCheckpoint`, except that `last.ckpt` always holds the state at the end of fit.
+    """Lightning's `ModelCheckpoint`, except that `last.ckpt` always holds the state at the end of fit, and
+    a checkpoint is written under a temporary name beside its own and renamed when whole.
 
     With `every_n_train_steps`, Lightning 2.6 writes `last` only at multiples of it and skips the save
     at the end once any `last` was written: a 350-step run saving every 200 steps ended with a
-    `last.ckpt` of step 200, which the next stage, `convert` and a resume then took for the result."""
+    `last.ckpt` of step 200, which the next stage, `convert` and a resume then took for the result.
+
+    Lightning rewrites a sharded (FSDP2) checkpoint in place, shard by shard and then its `meta.pt`, so a
+    run killed while saving was left with shards of two steps (or new weights beside the old loop and
+    data state) under the name it resumes from; a single-file checkpoint it writes to the system temp
+    directory and moves, a copy when that is another filesystem. Here the new checkpoint takes the old
+    one's name only once complete (`.<name>.partial` until then), so an interrupted save keeps the
+    previous checkpoint."""
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        from lit_janus.checkpoint import remove_path, replace_dir
+
+        dest = Path(filepath)
+        partial = dest.with_name(f".{dest.name}.partial")
+        if trainer.is_global_zero:
+            remove_path(partial)  # what a killed save left
+        trainer.strategy.barrier("checkpoint: partial cleared")
+        trainer.save_checkpoint(partial, self.save_weights_only)  # every rank writes its part, then a barrier
+        if trainer.is_global_zero:
+            replace_dir(partial, dest)
+        trainer.strategy.barrier("checkpoint: renamed")
+        # what ModelCheckpoint._save_checkpoint does after writing
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved

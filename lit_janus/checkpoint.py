@@ -456,16 +456,27 @@ def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype 
     return out
 
 
+def remove_path(path: Path) -> None:
+    """Delete a file or a directory tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def replace_dir(new: Path, dest: Path) -> None:
-    """Give the finished directory `new` the name `dest`: the old `dest` moves aside before the new one
-    takes its name, and goes only after, so `dest` is never half of one and half of the other."""
+    """Give the finished `new` (a directory, or a file) the name `dest` (either, or nothing): the old `dest`
+    moves aside before the new one takes its name, and goes only after, so `dest` is never half of one and
+    half of the other."""
     old = dest.with_name(dest.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
+    remove_path(old)
+    if dest.exists() or dest.is_symlink():
         os.replace(dest, old)
     os.replace(new, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        remove_path(old)
+    except OSError:
+        pass
 
 
 def _is_export(d: Path) -> bool:

@@ -118,8 +118,9 @@ def test_stage_config_runs_on_two_devices_from_the_command_line(tmp_path, tiny_h
                            str(ROOT / "configs/janus_pro_1b/stage2.yaml"), *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    shards = list((tmp_path / "runs/janus_pro_1b_stage2/checkpoints/last.ckpt").glob("*.distcp"))
-    assert len(shards) == 2  # both ranks trained and wrote their FSDP2 shard
+    checkpoints = tmp_path / "runs/janus_pro_1b_stage2/checkpoints"
+    assert len(list((checkpoints / "last.ckpt").glob("*.distcp"))) == 2  # both ranks trained and wrote a shard
+    assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".") or p.name.endswith(".old")]
 
 
 def test_defaults_expand_in_order(tmp_path):

@@ -275,3 +275,50 @@ def test_validation_data_counters_have_their_own_tags(tmp_path, tiny_hf_dir, tin
     module._shared_step(dict(batch), "val")
     assert tags["data/cfg_dropped"]["on_step"] and tags["data/skipped_t2i"]["on_step"]
     assert not tags["val_data/cfg_dropped"]["on_step"] and tags["val_data/skipped_t2i"]["on_epoch"]
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_save_killed_half_way_keeps_the_previous_checkpoint(tmp_path, tiny_hf_dir, tiny_processor, sharded):
+    """`lit_janus.callbacks.Checkpoint` writes under a temporary name and renames. Lightning wrote in place:
+    a sharded (FSDP2) `last.ckpt` directory got the new step's shards beside the old ones (and the old
+    `meta.pt`), a single file was truncated (its temp-file move is a copy across filesystems)."""
+    from pathlib import Path
+
+    from lit_janus.callbacks import Checkpoint
+
+    cb = Checkpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0, every_n_train_steps=1)
+    t = _trainer(tmp_path, max_steps=3, callbacks=[cb], enable_checkpointing=True)
+    calls = []
+
+    def save(checkpoint, filepath, storage_options=None):  # what the strategy writes, step by step
+        calls.append(Path(filepath).name)
+        p = Path(filepath)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if sharded:
+            p.mkdir(parents=True, exist_ok=True)
+            (p / f"__0_{len(calls)}.distcp").write_bytes(b"shard")
+            if len(calls) == 3:
+                raise RuntimeError("killed while writing the shards")
+            torch.save({"global_step": checkpoint["global_step"]}, p / "meta.pt")
+        else:
+            if len(calls) == 3:
+                p.write_bytes(b"half a checkpoi")
+                raise RuntimeError("killed while writing")
+            torch.save({"global_step": checkpoint["global_step"]}, p)
+
+    t.strategy.save_checkpoint = save
+    with pytest.raises(RuntimeError, match="killed"):
+        t.fit(_module(tiny_hf_dir, stage=2), SyntheticData(tiny_processor))
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert calls == [".last.ckpt.partial"] * 3
+    if sharded:
+        assert sorted(f.name for f in last.iterdir()) == ["__0_2.distcp", "meta.pt"]
+        assert torch.load(last / "meta.pt")["global_step"] == 2
+    else:
+        assert torch.load(last)["global_step"] == 2
+    # the next save clears what the killed one left
+    again = Checkpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0, enable_version_counter=False)
+    t2 = _trainer(tmp_path, max_steps=1, callbacks=[again], enable_checkpointing=True)
+    t2.fit(_module(tiny_hf_dir, stage=2), SyntheticData(tiny_processor))
+    assert sorted(f.name for f in (tmp_path / "ckpt").iterdir()) == ["last.ckpt"]
+    assert torch.load(last, weights_only=False)["global_step"] == 1

@@ -134,6 +134,8 @@ class Checkpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         from lit_janus.checkpoint import remove_path, replace_dir
 
+        if "://" in str(filepath):  # object stores (s3://...): no rename there; Lightning's own save
+            return super()._save_checkpoint(trainer, filepath)
         dest = Path(filepath)
         partial = dest.with_name(f".{dest.name}.partial")
         if trainer.is_global_zero:

@@ -99,28 +99,33 @@ def test_stage_fits_with_fast_dev_run(tmp_path, monkeypatch, tiny_hf_dir, stage)
           "--trainer.precision", "32-true", "--trainer.fast_dev_run", "true"])
 
 
-def test_stage_config_runs_on_two_devices_from_the_command_line(tmp_path, tiny_hf_dir):
-    """`python main.py fit --config configs/janus_pro_1b/stage2.yaml` on one node with several devices:
-    Lightning starts ranks 1..N-1 by running the command line again. It was rewritten in place with the
-    expanded configs (YAML text after --config), so every other rank died with 'config file not found'."""
+def test_stage_configs_run_on_two_devices_from_the_command_line(tmp_path, tiny_hf_dir):
+    """`python main.py fit --config configs/janus_pro_1b/stage1.yaml`, then `stage2.yaml` (which starts from
+    stage 1's sharded last.ckpt), on one node with several devices: Lightning starts ranks 1..N-1 by running
+    the command line again. It was rewritten in place with the expanded configs (YAML text after --config),
+    so every other rank died with 'config file not found'."""
     import subprocess
     import sys
 
     _write_data(tmp_path)
-    args = ["--model.init_args.config", "null", "--model.init_args.init_from", str(tiny_hf_dir),
-            "--model.init_args.tokenizer", str(tiny_hf_dir), "--model.init_args.activation_checkpointing", "false",
+    tiny = ["--model.init_args.config", "null", "--model.init_args.tokenizer", str(tiny_hf_dir),
+            "--model.init_args.activation_checkpointing", "false",
             "--data.init_args.tokenizer", str(tiny_hf_dir), "--data.init_args.image_size", "32",
             "--data.init_args.num_image_tokens", "16", "--data.init_args.max_length", "512",
             "--data.init_args.pack_length", "512", "--data.init_args.num_workers", "0",
-            "--data.init_args.global_batch_size", "20", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-            "--trainer.precision", "32-true", "--trainer.max_steps", "1"]
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "fit", "--config",
-                           str(ROOT / "configs/janus_pro_1b/stage2.yaml"), *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    checkpoints = tmp_path / "runs/janus_pro_1b_stage2/checkpoints"
-    assert len(list((checkpoints / "last.ckpt").glob("*.distcp"))) == 2  # both ranks trained and wrote a shard
-    assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".") or p.name.endswith(".old")]
+            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32-true",
+            "--trainer.max_steps", "1"]
+    for stage, extra in ((1, ["--model.init_args.init_from", str(tiny_hf_dir), "--data.init_args.global_batch_size", "8"]),
+                         (2, ["--data.init_args.global_batch_size", "20"])):  # stage 2: its own init_from
+        proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "fit", "--config",
+                               str(ROOT / f"configs/janus_pro_1b/stage{stage}.yaml"), *tiny, *extra],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        checkpoints = tmp_path / f"runs/janus_pro_1b_stage{stage}/checkpoints"
+        assert len(list((checkpoints / "last.ckpt").glob("*.distcp"))) == 2  # both ranks trained, wrote a shard
+        assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".") or p.name.endswith(".old")]
+    hparams = yaml.safe_load((tmp_path / "runs/janus_pro_1b_stage2/hparams.yaml").read_text())
+    assert hparams["init_from"] == "runs/janus_pro_1b_stage1/checkpoints/last.ckpt"  # stage 2 started there
 
 
 def test_defaults_expand_in_order(tmp_path):

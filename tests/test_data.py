@@ -227,25 +227,44 @@ def test_a_supervised_answer_is_never_truncated(tiny_processor):
 
 # ---- ratio arithmetic ----------------------------------------------------------------------
 def test_task_batch_sizes():
-    # Janus-Pro Stage I: 1:0:3 of 256 on 8 GPUs
-    assert task_batch_sizes(256, TaskRatio(1, 0, 3), world_size=8) == {"und": 8, "text": 0, "t2i": 24}
+    # Janus-Pro Stage I: 1:0:3 of 256 on 8 GPUs (one count per micro-batch of an optimizer step)
+    assert task_batch_sizes(256, TaskRatio(1, 0, 3), world_size=8) == {"und": [8], "text": [0], "t2i": [24]}
     # 2 ranks x 2 accumulated micro-batches: 40 = 4 x (2 + 3 + 5)
     assert task_batch_sizes(40, {"und": 2, "text": 3, "t2i": 5}, world_size=2, accumulate_grad_batches=2) == \
-        {"und": 2, "text": 3, "t2i": 5}
-    assert task_batch_sizes(40, TaskRatio(0, 0, 1), world_size=2) == {"und": 0, "text": 0, "t2i": 20}
+        {"und": [2, 2], "text": [3, 3], "t2i": [5, 5]}
+    assert task_batch_sizes(40, TaskRatio(0, 0, 1), world_size=2) == {"und": [0], "text": [0], "t2i": [20]}
     # Stage II at 512 does not split into whole samples: the error names batch sizes that do
     with pytest.raises(ValueError, match=r"12\.8 / 19\.2 / 32.*multiple of 80 \(e\.g\. 480 or 560\).*round_ratio"):
         task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8)
     assert task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8, round_ratio=True) == \
-        {"und": 13, "text": 19, "t2i": 32}
+        {"und": [13], "text": [19], "t2i": [32]}
     # Stage III 5:1:4 of 128 on 1 GPU rounds to 64/13/51
-    assert task_batch_sizes(128, TaskRatio(5, 1, 4), round_ratio=True) == {"und": 64, "text": 13, "t2i": 51}
+    assert task_batch_sizes(128, TaskRatio(5, 1, 4), round_ratio=True) == {"und": [64], "text": [13], "t2i": [51]}
     with pytest.raises(ValueError, match="does not split over world_size 2 x accumulate_grad_batches 1"):
         task_batch_sizes(41, TaskRatio(), world_size=2)
     with pytest.raises(ValueError, match="at least one positive"):
         task_batch_sizes(8, TaskRatio(0, 0, 0))
     with pytest.raises(ValueError, match="would get none"):
         task_batch_sizes(2, TaskRatio(1, 1, 8), round_ratio=True)
+
+
+def test_the_ratio_holds_per_optimizer_step_under_gradient_accumulation():
+    """The ratio splits each device's optimizer step, not each micro-batch. Rounding per micro-batch made
+    2:3:5 of 20 samples on 2 ranks x 2 micro-batches 1/2/2 per micro-batch, 4:8:8 per step (t2i 40%, not 50%)."""
+    sizes = task_batch_sizes(20, TaskRatio(2, 3, 5), world_size=2, accumulate_grad_batches=2)
+    assert sizes == {"und": [1, 1], "text": [2, 1], "t2i": [2, 3]}  # exact per step, no rounding needed
+    for accumulate in (1, 2, 4, 8):  # Stage II, 8 GPUs: 13/19/32 per device and step, however accumulated
+        sizes = task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8, accumulate_grad_batches=accumulate,
+                                 round_ratio=True)
+        assert {t: sum(n) for t, n in sizes.items()} == {"und": 13, "text": 19, "t2i": 32}
+        per_micro = [sum(n[i] for n in sizes.values()) for i in range(accumulate)]
+        assert per_micro == [64 // accumulate] * accumulate  # micro-batches of one size ...
+        assert all(max(n) - min(n) <= 1 for n in sizes.values())  # ... each task's share as even as it goes
+    assert task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8, accumulate_grad_batches=4, round_ratio=True) == \
+        {"und": [4, 3, 3, 3], "text": [4, 5, 5, 5], "t2i": [8, 8, 8, 8]}
+    # 13 understanding samples cannot be in each of 16 micro-batches of 4
+    with pytest.raises(ValueError, match="und 13: too few for 16 micro-batches.*fewer accumulate_grad_batches"):
+        task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8, accumulate_grad_batches=16, round_ratio=True)
 
 
 # ---- streams: exact ratio, rank disjointness, determinism ----------------------------------------
@@ -257,7 +276,8 @@ def test_every_step_on_every_rank_has_the_exact_ratio_and_ranks_are_disjoint(tmp
     m = manifests(tmp_path, n=60)
     p = tiny_processor
     sizes = task_batch_sizes(20, TaskRatio(2, 3, 5), world_size=2)  # 1 / 1.5 ... -> per device 10 = 2/3/5
-    assert sizes == {"und": 2, "text": 3, "t2i": 5}
+    assert sizes == {"und": [2], "text": [3], "t2i": [5]}
+    sizes = {t: n[0] for t, n in sizes.items()}
     seen = {t: [] for t in m}
     for rank in range(2):
         for task, path in m.items():

@@ -87,7 +87,7 @@ def test_fit_mixes_the_exact_ratio_every_step_and_validates_on_held_out_data(tmp
     model = Recorder(tiny_tokenizer)
     trainer(tmp_path, max_steps=6, accumulate_grad_batches=2, val_check_interval=6, check_val_every_n_epoch=None,
             num_sanity_val_steps=0).fit(model, dm)
-    assert dm.batch_sizes == {"und": 2, "text": 3, "t2i": 5}  # 20 = 2 micro-batches x (2 + 3 + 5)
+    assert dm.batch_sizes == {"und": [2, 2], "text": [3, 3], "t2i": [5, 5]}  # 20 = 2 micro-batches x (2 + 3 + 5)
     assert len(model.train_seen) == 12 and all(s["counts"] == [2, 3, 5] for s in model.train_seen)
     assert all(len(s["docs"]) == 10 for s in model.train_seen)
     text_docs = [d for s in model.train_seen for d in s["docs"] if d.startswith("doc")]
@@ -123,8 +123,8 @@ def test_ratio_zero_switches_a_stream_off_and_stage_batch_errors_are_clear(tmp_p
 def test_resume_continues_with_the_same_batches(tmp_path, tok_dir, tiny_tokenizer):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    def dm():
-        return datamodule(tok_dir, tmp_path, ratio=TaskRatio(1, 1, 2), global_batch_size=8, n=10, val=False,
+    def dm():  # 2:3:5 of 10 per optimizer step in 2 micro-batches of 5: und 1+1, text 2+1, t2i 2+3
+        return datamodule(tok_dir, tmp_path, ratio=TaskRatio(2, 3, 5), global_batch_size=10, n=10, val=False,
                           cfg_dropout=0.5)
 
     straight = Recorder(tiny_tokenizer)
@@ -137,6 +137,7 @@ def test_resume_continues_with_the_same_batches(tmp_path, tok_dir, tiny_tokenize
     trainer(tmp_path / "b", max_steps=6, accumulate_grad_batches=2).fit(
         resumed, dm(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt"))
     assert len(straight.train_seen) == 12 and len(resumed.train_seen) == 6
+    assert [s["counts"] for s in straight.train_seen] == [[1, 2, 2], [1, 1, 3]] * 6
     assert first.train_seen == straight.train_seen[:6] and resumed.train_seen == straight.train_seen[6:]
 
 
@@ -170,7 +171,9 @@ def test_resume_with_other_devices_or_accumulation_continues_the_data_exactly(tm
     _, state = steps(layout(0, 2, 1), 3)
     assert state == {"train_steps": 3, "samples": {"und": 24, "text": 36, "t2i": 60}}
     assert steps(layout(0, 2, 1), 3, {"train_steps": 3})[0] == straight[0][3:]  # a checkpoint from before "samples"
-    for world, accumulate in ((1, 2), (4, 1)):  # the same 40 samples per optimizer step
+    # the same 40 samples per optimizer step; on 2 devices x 4 micro-batches a task's count varies between
+    # the micro-batches (text 2/2/1/1, t2i 2/2/3/3) and the ratio holds per step
+    for world, accumulate in ((1, 2), (4, 1), (2, 4)):
         resumed = [steps(layout(rank, world, accumulate), 3 * accumulate, state)[0] for rank in range(world)]
         for k in range(3):  # each optimizer step draws the same documents as the straight run's
             expected = sorted(straight[0][3 + k] + straight[1][3 + k])
@@ -284,7 +287,7 @@ def test_two_process_ddp_gives_every_rank_the_same_mix_and_disjoint_samples(tmp_
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     for rank in ranks:  # 20 = 2 ranks x (2 + 3 + 5)
-        assert rank["sizes"] == {"und": 2, "text": 3, "t2i": 5}
+        assert rank["sizes"] == {"und": [2], "text": [3], "t2i": [5]}
         assert len(rank["seen"]) == 4 and all(s["counts"] == [2, 3, 5] for s in rank["seen"])
     docs = [{d for s in rank["seen"] for d in s["docs"]} for rank in ranks]
     assert len(docs[0]) == len(docs[1]) == 40 and not docs[0] & docs[1]  # 4 steps x 10, disjoint across ranks

@@ -142,7 +142,7 @@ class JanusDataModule(L.LightningDataModule):
             if t not in active and (self.sources[t] or self.val_sources[t]):
                 rank_zero_warn(f"{t} sources are configured but the ratio {self.ratio_str} switches {t} off")
         self.active = active
-        self.batch_sizes: dict[str, int] | None = None
+        self.batch_sizes: dict[str, list[int]] | None = None  # per task: its count in each micro-batch of a step
         self._processor: JanusProcessor | None = None
         # Where the train streams resume (Lightning saves this in checkpoints; counted in the main process,
         # so prefetched steps do not count). Positions are kept per task in samples, not steps, so that a
@@ -169,8 +169,8 @@ class JanusDataModule(L.LightningDataModule):
             )
         return self._processor
 
-    def task_batch_sizes(self, world_size: int = 1, accumulate_grad_batches: int = 1) -> dict[str, int]:
-        """Per-device samples of each task per micro-batch for a given parallel layout."""
+    def task_batch_sizes(self, world_size: int = 1, accumulate_grad_batches: int = 1) -> dict[str, list[int]]:
+        """Per-device samples of each task in each micro-batch of an optimizer step, for a parallel layout."""
         return task_batch_sizes(self.global_batch_size, self.ratio, world_size, accumulate_grad_batches,
                                 self.round_ratio)
 
@@ -186,23 +186,28 @@ class JanusDataModule(L.LightningDataModule):
         _, world, _, accumulate = self._layout()
         self.batch_sizes = self.task_batch_sizes(world, accumulate)
         _ = self.processor  # fail fast on a bad tokenizer path
-        per_device = sum(self.batch_sizes.values())
+        micro = sum(n[0] for n in self.batch_sizes.values())
         rank_zero_info(
             f"JanusDataModule: ratio {self.ratio_str}, {self.global_batch_size} samples per step = {world} device(s) "
-            f"x {accumulate} micro-batch(es) x {per_device} [" + ", ".join(
-                f"{t} {self.batch_sizes[t]}" for t in TASKS) + "]"
+            f"x {accumulate} micro-batch(es) x {micro} [" + ", ".join(
+                f"{t} {'+'.join(map(str, self.batch_sizes[t]))}" for t in TASKS) + "]"
             + (f", packed into rows of {self.pack_length} tokens" if self.pack_length else "")
         )
 
     def _resume_at(self, task: str, streaming: bool) -> tuple[int, list[int] | None]:
-        """(start_step, shard_offsets) of a train stream in this layout, from the position reached so far."""
+        """(start micro-batch, shard_offsets) of a train stream in this layout, from the position reached so far."""
         _, world, _, _ = self._layout()
-        per_step = self.batch_sizes[task] * world  # samples of the task per micro-batch, all ranks
-        consumed = self._samples.setdefault(task, self._train_steps * per_step if self._steps_only else 0)
-        start, extra = divmod(consumed, per_step)
+        sizes = self.batch_sizes[task]
+        per_step = sum(sizes) * world  # samples of the task per optimizer step, all ranks
+        if self._steps_only:  # a checkpoint from before `_samples`: micro-batches of this layout's sizes
+            cycles, i = divmod(self._train_steps, len(sizes))
+            self._samples.setdefault(task, (cycles * sum(sizes) + sum(sizes[:i])) * world)
+        consumed = self._samples.setdefault(task, 0)
+        steps, extra = divmod(consumed, per_step)
+        start = steps * len(sizes)
         if extra:  # another split of the task's samples per optimizer step (round_ratio, global_batch_size)
             rank_zero_warn(f"the {task} stream resumes after {consumed} samples, not a whole number of this "
-                           f"layout's steps of {per_step}: {extra} samples are drawn a second time")
+                           f"layout's optimizer steps of {per_step}: {extra} samples are drawn a second time")
         if not streaming:
             return start, None
         workers = max(1, self.num_workers)  # litdata shards of this rank: one per DataLoader worker

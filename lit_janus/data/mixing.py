@@ -40,52 +40,78 @@ def task_batch_sizes(
     world_size: int = 1,
     accumulate_grad_batches: int = 1,
     round_ratio: bool = False,
-) -> dict[str, int]:
-    """Per-device, per-micro-step sample counts of every task (0 for switched-off tasks).
+) -> dict[str, list[int]]:
+    """Per-device sample counts of every task in each of the `accumulate_grad_batches` micro-batches of an
+    optimizer step (all 0 for switched-off tasks).
 
-    `global_batch_size` samples per optimizer step = world_size x accumulate_grad_batches x the
-    per-device total, split by `ratio`. Every count must be a whole number, on every device the same,
-    or this raises with the numbers that would work. `round_ratio=True` instead rounds the per-device
-    split to whole samples (largest remainder), e.g. 2:3:5 of 64 -> 13/19/32."""
+    `global_batch_size` samples per optimizer step = world_size x accumulate_grad_batches x the per-device
+    micro-batch, and the ratio holds per optimizer step: each device's step (all its micro-batches) is
+    split by `ratio`, which must give whole samples (or this raises with batch sizes that would), and
+    `round_ratio=True` rounds that split instead (largest remainder), e.g. 2:3:5 of 64 -> 13/19/32.
+    The micro-batches then share each task's samples as evenly as they can (13 over 4 micro-batches:
+    4/3/3/3), each of the same size, and every device gets the same counts. Every micro-batch holds every
+    active task: one without a task would leave that task's modules out of its forward (under DDP an
+    error when they train)."""
     r = ratio.as_dict() if isinstance(ratio, TaskRatio) else dict(ratio)
     unknown = set(r) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown task(s) {sorted(unknown)} in ratio; tasks are {list(TASKS)}")
     r = {t: Fraction(r.get(t, 0)).limit_denominator(10_000) for t in TASKS}
+    ratio_str = ":".join(_fmt(r[t]) for t in TASKS)
     if any(v < 0 for v in r.values()) or not any(r.values()):
         raise ValueError(f"ratio needs non-negative values and at least one positive task, got "
-                         f"{':'.join(_fmt(r[t]) for t in TASKS)} (und:text:t2i)")
-    devices = world_size * accumulate_grad_batches
-    if global_batch_size < 1 or global_batch_size % devices:
+                         f"{ratio_str} (und:text:t2i)")
+    micro = world_size * accumulate_grad_batches
+    if global_batch_size < 1 or global_batch_size % micro:
         raise ValueError(
             f"global_batch_size {global_batch_size} does not split over world_size {world_size} x "
-            f"accumulate_grad_batches {accumulate_grad_batches} = {devices} micro-batches; use a multiple of {devices}"
+            f"accumulate_grad_batches {accumulate_grad_batches} = {micro} micro-batches; use a multiple of {micro}"
         )
-    per_device = global_batch_size // devices
+    per_device = global_batch_size // world_size  # one device's samples per optimizer step
     total = sum(r.values())
     shares = {t: per_device * v / total for t, v in r.items()}
     if all(s.denominator == 1 for s in shares.values()):
-        return {t: int(s) for t, s in shares.items()}
-    if round_ratio:
-        sizes = {t: int(s) for t, s in shares.items()}  # floor, then hand out the rest by remainder
-        for t in sorted(TASKS, key=lambda t: shares[t] - sizes[t], reverse=True)[: per_device - sum(sizes.values())]:
-            sizes[t] += 1
-        starved = [t for t in TASKS if r[t] > 0 and sizes[t] == 0]
-        if starved:
-            raise ValueError(f"{per_device} samples per device are too few for ratio "
-                             f"{':'.join(_fmt(r[t]) for t in TASKS)}: {starved} would get none")
-        return sizes
-    # smallest per-device total that splits exactly: lcm of the reduced ratio's denominators
-    unit = lcm(*((v / total).denominator for v in r.values() if v > 0))
-    step = unit * devices
-    lower, upper = (global_batch_size // step) * step, (global_batch_size // step + 1) * step
-    suggestions = " or ".join(str(x) for x in (lower, upper) if x > 0)
-    raise ValueError(
-        f"ratio {':'.join(_fmt(r[t]) for t in TASKS)} (und:text:t2i) of {per_device} samples per device "
-        f"(global_batch_size {global_batch_size} / {devices} micro-batches) is "
-        f"{' / '.join(_fmt(shares[t]) for t in TASKS)}: not whole samples. Use a global_batch_size that is a "
-        f"multiple of {step} (e.g. {suggestions}), or set round_ratio: true to round the split per device."
-    )
+        step = {t: int(s) for t, s in shares.items()}
+    elif round_ratio:
+        step = {t: int(s) for t, s in shares.items()}  # floor, then hand out the rest by remainder
+        for t in sorted(TASKS, key=lambda t: shares[t] - step[t], reverse=True)[: per_device - sum(step.values())]:
+            step[t] += 1
+    else:
+        # smallest per-device total that splits exactly: lcm of the reduced ratio's denominators
+        unit = lcm(*((v / total).denominator for v in r.values() if v > 0))
+        size = unit * world_size
+        size = lcm(size, micro)  # and still splits into micro-batches
+        lower, upper = (global_batch_size // size) * size, (global_batch_size // size + 1) * size
+        suggestions = " or ".join(str(x) for x in (lower, upper) if x > 0)
+        raise ValueError(
+            f"ratio {ratio_str} (und:text:t2i) of {per_device} samples per device and optimizer step "
+            f"(global_batch_size {global_batch_size} / world_size {world_size}) is "
+            f"{' / '.join(_fmt(shares[t]) for t in TASKS)}: not whole samples. Use a global_batch_size that is a "
+            f"multiple of {size} (e.g. {suggestions}), or set round_ratio: true to round the split per device."
+        )
+    starved = [t for t in TASKS if r[t] > 0 and step[t] < accumulate_grad_batches]
+    if starved and accumulate_grad_batches == 1:
+        raise ValueError(f"{per_device} samples per device are too few for ratio {ratio_str}: {starved} would get none")
+    if starved:
+        raise ValueError(
+            f"ratio {ratio_str} of {per_device} samples per device and optimizer step gives "
+            + ", ".join(f"{t} {step[t]}" for t in starved) + f": too few for {accumulate_grad_batches} micro-batches "
+            "that each hold every task. Use fewer accumulate_grad_batches (larger micro-batches) or a larger "
+            "global_batch_size.")
+    return spread(step, accumulate_grad_batches)
+
+
+def spread(step: Mapping[str, int], parts: int) -> dict[str, list[int]]:
+    """Each task's samples of one step over `parts` micro-batches of equal size (the total must divide):
+    every task gets floor or ceil of its share in each, and the leftovers go round in task order, so no
+    micro-batch gets two of one task's (13/19/32 over 4: und 4/3/3/3, text 4/5/5/5, t2i 8/8/8/8)."""
+    sizes = {t: [n // parts] * parts for t, n in step.items()}
+    slot = 0
+    for t, n in step.items():
+        for _ in range(n % parts):
+            sizes[t][slot % parts] += 1
+            slot += 1
+    return sizes
 
 
 def merge(parts: Mapping[str, TaskBatch | None], pad_id: int,

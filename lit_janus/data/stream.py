@@ -8,6 +8,9 @@ steps. Here every step's samples are a pure function of (seed, task, rank, step)
     position p = step * batch_size + k on this rank  ->  global position g = p * world_size + rank
     epoch, i = divmod(g, len(source))                ->  record = source[permutation(seed, epoch)[i]]
 
+(With gradient accumulation a task's count may differ between the micro-batches of an optimizer step,
+e.g. 4/3/3/3: `batch_size` is then that cycle, and p counts the samples of the steps before.)
+
 so ranks draw disjoint records, every record is seen once per epoch across all ranks, the result
 does not depend on the number of DataLoader workers (worker j makes steps j, j+w, ...), and a run
 resumes exactly by starting at its step count (`start_step`).
@@ -54,10 +57,12 @@ class BadSampleError(RuntimeError):
     """A bad record in `strict` mode, or a stream that produces nothing but bad records."""
 
 
-def steady_offsets(batch_size: int, start_step: int, shards: int) -> list[int]:
+def steady_offsets(batch_size: int | Sequence[int], start_step: int, shards: int) -> list[int]:
     """Records read from each litdata shard of a rank before `start_step`, had this layout run since step 0:
-    step t reads `batch_size` records of shard t mod `shards`."""
-    return [batch_size * len(range(r, start_step, shards)) for r in range(shards)]
+    step t reads `batch_size` records (or `batch_size[t % len(batch_size)]`) of shard t mod `shards`."""
+    sizes = np.atleast_1d(np.asarray(batch_size, dtype=np.int64))
+    per_step = sizes[np.arange(start_step) % len(sizes)]
+    return [int(per_step[r::shards].sum()) for r in range(shards)]
 
 
 class TaskBatch:
@@ -155,7 +160,7 @@ class TaskStream(IterableDataset):
         task: str,
         sources: Sequence[Source] | StreamingSource,
         processor: JanusProcessor,
-        batch_size: int,
+        batch_size: int | Sequence[int],
         *,
         rank: int = 0,
         world_size: int = 1,
@@ -169,11 +174,14 @@ class TaskStream(IterableDataset):
         strict: bool = False,
         max_retries: int = 32,
     ):
-        """`shard_offsets` (litdata sources): records already read from each litdata shard of this rank, one
+        """`batch_size`: samples per step, or per step of a repeating cycle (step t: `batch_size[t % len]`;
+        the micro-batches of an optimizer step, `lit_janus.data.mixing.task_batch_sizes`).
+        `shard_offsets` (litdata sources): records already read from each litdata shard of this rank, one
         per DataLoader worker (`JanusDataModule` keeps them); None: as if this layout had run since step 0."""
         if task not in TASK_ID:
             raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_ID)}")
-        if batch_size < 1:
+        sizes = [batch_size] if isinstance(batch_size, int) else list(batch_size)
+        if not sizes or min(sizes) < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
@@ -189,7 +197,8 @@ class TaskStream(IterableDataset):
             self.source = sources[0] if len(sources) == 1 else ConcatSource(sources)
             if len(self.source) == 0:
                 raise ValueError(f"the {task} stream's sources hold no records")
-        self.task, self.processor, self.batch_size = task, processor, batch_size
+        self.task, self.processor, self.sizes = task, processor, sizes
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()  # samples before each step of a cycle
         self.rank, self.world_size, self.num_nodes = rank, world_size, num_nodes
         self.seed, self.shuffle, self.start_step, self.num_steps = seed, shuffle, start_step, num_steps
         self.shard_offsets = None if shard_offsets is None else list(shard_offsets)
@@ -217,11 +226,16 @@ class TaskStream(IterableDataset):
             yield t
             t += workers
 
+    def size_at(self, step: int) -> int:
+        return self.sizes[step % len(self.sizes)]
+
     def batch_at(self, step: int) -> TaskBatch:
         """This rank's samples of `step` (map-style sources)."""
         out = TaskBatch(self.task)
-        for k in range(self.batch_size):
-            g = (step * self.batch_size + k) * self.world_size + self.rank
+        cycles, i = divmod(step, len(self.sizes))
+        before = cycles * self._starts[-1] + self._starts[i]  # this rank's samples in the steps before
+        for k in range(self.sizes[i]):
+            g = (before + k) * self.world_size + self.rank
             sample, skipped, dropped = self.sample_at(g)
             out.samples.append(sample)
             out.skipped += skipped
@@ -275,7 +289,7 @@ class TaskStream(IterableDataset):
         source = self.source
         offsets = self.shard_offsets
         if offsets is None:
-            offsets = steady_offsets(self.batch_size, self.start_step, shards)
+            offsets = steady_offsets(self.sizes, self.start_step, shards)
         if len(offsets) != shards:
             raise ValueError(f"the {self.task} stream has shard_offsets for {len(offsets)} DataLoader workers but "
                              f"runs in {shards}; give one per worker (JanusDataModule redistributes them)")
@@ -284,9 +298,9 @@ class TaskStream(IterableDataset):
         read = offsets[shard]
         records = source.records(**where, skip=read)
         spares = None  # replacements for bad records, started on the first one
-        for _t in steps:
+        for t in steps:
             out = TaskBatch(self.task)
-            for _ in range(self.batch_size):
+            for _ in range(self.size_at(t)):
                 item = next(records)
                 read += 1
                 for attempt in range(self.max_retries + 1):

@@ -13,6 +13,7 @@ from lit_janus.data import (
     BadSampleError, ClassFolderSource, JsonlSource, ShapesSource, StreamingSource, TaskRatio, TaskStream, merge,
     task_batch_sizes,
 )
+from lit_janus.data.sources import BadRecord
 from lit_janus.data.tasks import to_sample
 
 
@@ -98,6 +99,32 @@ def test_every_record_format_parses(tmp_path, tiny_processor):
         s = to_sample("t2i", p, src[i])
         assert s.gen_pixels is None and s.gen_labels[s.gen_labels != IGNORE].tolist() == list(expected)
         assert torch.equal(s.input_ids[: len(s) - 15], pix.input_ids[: len(s) - 15])  # same prompt layout
+
+
+def test_a_json_array_manifest_reads_like_jsonl(tmp_path, tiny_processor):
+    """LLaVA's llava_v1_5_mix665k.json and ShareGPT4V's caption files are one JSON array (indented or not),
+    their image paths relative to an image folder (`root`), with text-only conversations among them."""
+    write_image(tmp_path / "images" / "coco" / "a.png")
+    records = [
+        {"id": "1", "image": "coco/a.png", "conversations": [{"from": "human", "value": "<image>\nwhat colour?"},
+                                                               {"from": "gpt", "value": "green"}]},
+        {"id": "2", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yes"}]},
+        {"id": "3", "image": "coco/a.png", "conversations": [{"from": "human", "value": "how many?\n<image>"},
+                                                               {"from": "gpt", "value": "three ü"}]},
+    ]
+    (tmp_path / "mix.json").write_text("\ufeff" + json.dumps(records, indent=2, ensure_ascii=False))
+    src = JsonlSource(str(tmp_path / "mix.json"), root=str(tmp_path / "images"))
+    assert len(src) == 3 and src[0]["image"] == str(tmp_path / "images" / "coco" / "a.png")
+    assert src[2]["conversations"][1]["value"] == "three ü" and src[1]["id"] == "2"
+    jsonl = JsonlSource(str(write_jsonl(tmp_path / "mix.jsonl", records)), root=str(tmp_path / "images"))
+    for i in (0, 2):
+        assert torch.equal(to_sample("und", tiny_processor, src[i]).input_ids,
+                           to_sample("und", tiny_processor, jsonl[i]).input_ids)
+    with pytest.raises(BadRecord, match="understanding record has no image"):  # text-only: skipped and counted in training
+        to_sample("und", tiny_processor, src[1])
+    (tmp_path / "broken.json").write_text('[{"image": "a.png"}, {"ima')
+    with pytest.raises(ValueError, match="starts like a JSON array but does not parse"):
+        len(JsonlSource(str(tmp_path / "broken.json")))
 
 
 def test_multi_turn_supervises_every_answer_in_deepseek_layout(tiny_processor):

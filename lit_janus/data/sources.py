@@ -1,7 +1,7 @@
 """Where raw training records come from. A source yields plain dicts; `tasks.py` turns them into `Sample`s.
 
-Record formats (one JSON object per line in a manifest; relative paths resolve against the
-manifest's directory):
+Record formats (one JSON object per line in a manifest, or a JSON array of them as LLaVA and ShareGPT4V
+ship theirs; relative paths resolve against the manifest's directory, or `root`):
 
 understanding (`und`)
     {"image": "a.jpg", "conversations": [{"role": "user", "content": "What is this?"},
@@ -25,7 +25,8 @@ text-to-image (`t2i`)
   Pre-extracted manifests are written by the `predict` config `configs/predict/extract_codes.yaml`.
 
 Sources:
-- `JsonlSource`       a JSONL manifest (indexed by byte offsets: workers share no Python objects);
+- `JsonlSource`       a JSONL manifest (indexed by byte offsets: workers share no Python objects), or a
+                      JSON array file (`llava_v1_5_mix665k.json`), held as one buffer of JSON lines;
 - `ClassFolderSource` ImageNet-style `root/<class>/*.jpg` for Stage I: t2i records whose caption is the
                       class name (from `classes.json`, `synset_words.txt` or the folder name);
 - `ShapesSource`      ShapesWorld records of any length, a pure function of (seed, index);
@@ -85,21 +86,45 @@ def resolve_paths(record: dict[str, Any], root: Path) -> dict[str, Any]:
     return record
 
 
+def _is_json_array(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")  # a UTF-8 byte-order mark, then whitespace
+    return head.startswith(b"[")
+
+
+def _json_array_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A JSON array file as one byte buffer of compact JSON lines and their n + 1 boundaries: the same
+    per-record lookup as a JSONL file, with no Python object per record left to copy into workers."""
+    with open(path, "rb") as f:
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} starts like a JSON array but does not parse: {e}") from None
+    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in records]
+    del records
+    bounds = np.zeros(len(lines) + 1, dtype=np.int64)
+    np.cumsum([len(line) for line in lines], out=bounds[1:])
+    return np.frombuffer(b"".join(lines), dtype=np.uint8), bounds
+
+
 class JsonlSource(Source):
-    """A JSONL manifest, one record per line (blank lines ignored).
+    """A JSONL manifest, one record per line (blank lines ignored), or a JSON array file of records
+    (LLaVA's `llava_v1_5_mix665k.json`, ShareGPT4V's captions; with `root` their image folder).
 
     Only the byte offset of each line is kept in memory, in a numpy array: a Python list of dicts
-    would be copied page by page into every DataLoader worker as reference counts change."""
+    would be copied page by page into every DataLoader worker as reference counts change. A JSON array
+    is parsed once and kept as one buffer of JSON lines (about the file's size)."""
 
     def __init__(self, path: str, root: str | None = None):
         """
         Args:
-            path: the manifest (`.jsonl`).
+            path: the manifest: JSON Lines (`.jsonl`), or a JSON array (`.json`).
             root: directory that relative paths resolve against (default: the manifest's directory).
         """
         self.path = Path(path)
         self.root = Path(root) if root is not None else self.path.parent
         self._offsets: np.ndarray | None = None
+        self._lines: np.ndarray | None = None  # a JSON array's records as JSON lines; _offsets then has n + 1
         self._file = None
         self._pid = None
 
@@ -107,6 +132,9 @@ class JsonlSource(Source):
         if self._offsets is None:
             if not self.path.is_file():
                 raise FileNotFoundError(f"manifest not found: {self.path}")
+            if _is_json_array(self.path):
+                self._lines, self._offsets = _json_array_lines(self.path)
+                return self._offsets
             offsets, at = [], 0
             with open(self.path, "rb") as f:
                 for line in f:
@@ -117,7 +145,8 @@ class JsonlSource(Source):
         return self._offsets
 
     def __len__(self) -> int:
-        return len(self._index())
+        n = len(self._index())
+        return n - 1 if self._lines is not None else n
 
     def _handle(self):
         # one handle per process: a handle inherited through fork shares its file position
@@ -126,9 +155,13 @@ class JsonlSource(Source):
         return self._file
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        f = self._handle()
-        f.seek(int(self._index()[index]))
-        line = f.readline()
+        offsets = self._index()
+        if self._lines is not None:
+            line = self._lines[offsets[index]:offsets[index + 1]].tobytes()
+        else:
+            f = self._handle()
+            f.seek(int(offsets[index]))
+            line = f.readline()
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:

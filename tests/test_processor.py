@@ -123,6 +123,24 @@ def test_sample_labels(tiny_processor):
     assert torch.equal(txt.text_labels[:-1], txt.input_ids[1:]) and int(txt.text_labels[-1]) == IGNORE
 
 
+def test_a_text_document_longer_than_the_context_is_read_a_window_per_epoch(tiny_processor):
+    """Pretraining text is mostly longer than the context; such documents were skipped as too long."""
+    from lit_janus.data.tasks import to_sample
+
+    p = tiny_processor
+    doc = " ".join(["the triangle is left of the circle."] * 200)
+    ids = [p.bos_id] + p.encode(doc) + [p.eos_id]
+    L = p.max_length
+    n = -(-len(ids) // L)
+    assert n >= 3
+    windows = [to_sample("text", p, {"text": doc}, epoch=e) for e in range(n + 1)]
+    assert [len(w) for w in windows[:n]] == [L] * (n - 1) + [len(ids) - (n - 1) * L]
+    assert sum((w.input_ids.tolist() for w in windows[:n]), []) == ids  # the epochs cover the document
+    assert torch.equal(windows[n].input_ids, windows[0].input_ids)  # then start over
+    for w in windows:
+        assert torch.equal(w.text_labels[:-1], w.input_ids[1:]) and int(w.text_labels[-1]) == IGNORE
+
+
 def test_image_slots_must_match_the_images(tiny_processor):
     """The model fills placeholder positions with image features: a stray marker in the text (the
     processor places the images itself) or a missing image is an error here, not in the training step."""

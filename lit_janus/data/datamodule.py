@@ -106,7 +106,8 @@ class JanusDataModule(L.LightningDataModule):
                 exactly (otherwise that is an error naming the batch sizes that would divide).
             image_size: image side for both pathways (384 for Janus-Pro, 64 for ShapesWorld).
             num_image_tokens: tokens per image in both pathways (576 for Janus-Pro, 64 for ShapesWorld).
-            max_length: context length; longer samples are skipped and counted, never truncated.
+            max_length: context length; longer samples are skipped and counted, never truncated (pure-text
+                documents excepted: one max_length window of them per epoch).
             pack_length: pack each step's samples first-fit into rows of this many tokens (4096 for
                 Janus-Pro; documents stay apart through restarted position ids); None pads per row.
             cfg_dropout: fraction of t2i samples trained with the unconditional prompt (CFG).

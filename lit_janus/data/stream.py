@@ -260,7 +260,7 @@ class TaskStream(IterableDataset):
         for skipped in range(self.max_retries + 1):
             try:
                 drop = self._drop(epoch, index)
-                return to_sample(self.task, self.processor, self.source[index], drop), skipped, drop
+                return to_sample(self.task, self.processor, self.source[index], drop, epoch), skipped, drop
             except RECORD_ERRORS as e:
                 self._bad(self.source.locate(index), e)
                 error = e
@@ -311,7 +311,7 @@ class TaskStream(IterableDataset):
                         if isinstance(record, Exception):
                             raise record
                         drop = self._drop(epoch, key)
-                        out.samples.append(to_sample(self.task, self.processor, record, drop))
+                        out.samples.append(to_sample(self.task, self.processor, record, drop, epoch))
                         out.cfg_dropped += drop
                         break
                     except RECORD_ERRORS as e:

@@ -2,7 +2,8 @@
 
 Every problem with a record raises (`BadRecord`, `PromptTooLongError`, or the OSError/ValueError of
 an unreadable image): the stream decides whether to skip and count it or to stop (`strict`).
-Nothing is truncated: a conversation that does not fit the context is rejected whole.
+Nothing is truncated: a conversation that does not fit the context is rejected whole. Pure text is the
+exception: a document longer than the context is read one context-long window per epoch.
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ def und_sample(processor: JanusProcessor, record: dict[str, Any]) -> Sample:
 
 
 # ---- text -----------------------------------------------------------------------------------
-def text_sample(processor: JanusProcessor, record: dict[str, Any]) -> Sample:
-    return processor.text_sample(_text(_field(record, "text"), "text"))
+def text_sample(processor: JanusProcessor, record: dict[str, Any], epoch: int = 0) -> Sample:
+    """A document longer than the context gives one window of it per epoch (`JanusProcessor.text_sample`)."""
+    return processor.text_sample(_text(_field(record, "text"), "text"), window=epoch)
 
 
 # ---- text-to-image --------------------------------------------------------------------------
@@ -183,11 +185,12 @@ def t2i_sample(processor: JanusProcessor, record: dict[str, Any], drop_prompt: b
     return processor.t2i_sample(caption, pixels=pixels, cfg_dropout=cfg)
 
 
-def to_sample(task: str, processor: JanusProcessor, record: dict[str, Any], drop_prompt: bool = False) -> Sample:
+def to_sample(task: str, processor: JanusProcessor, record: dict[str, Any], drop_prompt: bool = False,
+              epoch: int = 0) -> Sample:
     if task == "und":
         return und_sample(processor, record)
     if task == "text":
-        return text_sample(processor, record)
+        return text_sample(processor, record, epoch)
     if task == "t2i":
         return t2i_sample(processor, record, drop_prompt)
     raise ValueError(f"unknown task {task!r}")

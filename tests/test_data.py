@@ -127,6 +127,69 @@ def test_a_json_array_manifest_reads_like_jsonl(tmp_path, tiny_processor):
         len(JsonlSource(str(tmp_path / "broken.json")))
 
 
+def write_shard(path, samples):
+    """A WebDataset shard as img2dataset writes one: members KEY.jpg / KEY.txt / KEY.json, in key order."""
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tf:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def png_bytes(value, fmt="PNG"):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 30, 3), value, np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_webdataset_shards_read_by_index(tmp_path, tiny_processor):
+    """img2dataset's output: tar shards of KEY.jpg + KEY.txt + KEY.json, failed downloads as json alone."""
+    from lit_janus.data import WebDatasetSource
+
+    write_shard(tmp_path / "laion" / "00000.tar", [
+        ("000000000", {"jpg": png_bytes(10, "JPEG"), "txt": b"a red apple ", "json": b'{"caption": "ignored"}'}),
+        ("000000001", {"json": b'{"status": "failed_to_download"}'}),  # no image: not a sample
+        ("000000002", {"png": png_bytes(200), "json": '{"caption": "a blue sky \u00fc"}'.encode()}),
+    ])
+    write_shard(tmp_path / "laion" / "00001.tar", [
+        ("sub/000010000", {"webp": png_bytes(50, "WEBP"), "txt": b"two cats"}),
+        ("000010001", {"jpg": b"not an image", "txt": b"broken"}),
+        ("000010002", {"jpg": png_bytes(90, "JPEG")}),  # no caption
+    ])
+    src = WebDatasetSource(str(tmp_path / "laion" / "{00000..00001}.tar"))
+    assert len(src) == 5 and [src[i]["caption"] for i in range(3)] == ["a red apple", "a blue sky ü", "two cats"]
+    assert src[2]["key"] == "sub/000010000" and "00001.tar, sample sub/000010000.webp" in src.locate(2)
+    t2i = to_sample("t2i", tiny_processor, src[1])
+    assert t2i.gen_pixels.shape == (3, 32, 32) and t2i.gen_pixels.mean() > 0.5  # the light (200) image
+    with pytest.raises(ValueError, match="cannot read image"):
+        to_sample("t2i", tiny_processor, src[3])
+    with pytest.raises(BadRecord, match="no caption"):
+        src[4]
+    # the same shards by directory and by glob; captions as understanding data
+    assert len(WebDatasetSource(str(tmp_path / "laion"))) == len(WebDatasetSource(str(tmp_path / "laion/*.tar"))) == 5
+    und = WebDatasetSource([str(tmp_path / "laion/00000.tar")], question="Describe this image.")
+    assert supervised_text(tiny_processor, to_sample("und", tiny_processor, und[0])).startswith(" a red apple")
+    # a stream over them: every sample once per epoch, the broken ones replaced and counted
+    stream = TaskStream("t2i", [src], tiny_processor, 5, seed=0)
+    batch = stream.batch_at(0)
+    assert len(batch.samples) == 5 and batch.skipped >= 2
+    with pytest.raises(FileNotFoundError, match="no tar shards found"):
+        WebDatasetSource(str(tmp_path / "missing" / "*.tar"))
+    import gzip
+
+    (tmp_path / "gz.tar").write_bytes(gzip.compress((tmp_path / "laion" / "00000.tar").read_bytes()))
+    with pytest.raises(ValueError, match="not an uncompressed tar"):
+        len(WebDatasetSource(str(tmp_path / "gz.tar")))
+
+
 def test_multi_turn_supervises_every_answer_in_deepseek_layout(tiny_processor):
     p = tiny_processor
     record = {"image": Image.new("RGB", (30, 20)), "conversations": [

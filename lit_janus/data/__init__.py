@@ -10,8 +10,10 @@ from lit_janus.data.sources import (
     BadRecord, ClassFolderSource, JsonlSource, ShapesSource, Source, StreamingSource,
 )
 from lit_janus.data.stream import BadSampleError, TaskBatch, TaskStream
+from lit_janus.data.tar_shards import WebDatasetSource
 
 __all__ = [
     "BadRecord", "BadSampleError", "ClassFolderSource", "JanusDataModule", "JsonlSource", "ShapesSource",
-    "Source", "StreamingSource", "TaskBatch", "TaskRatio", "TaskStream", "merge", "task_batch_sizes",
+    "Source", "StreamingSource", "TaskBatch", "TaskRatio", "TaskStream", "WebDatasetSource", "merge",
+    "task_batch_sizes",
 ]

@@ -95,7 +95,7 @@ class JanusDataModule(L.LightningDataModule):
             und: understanding sources (JSONL manifests, ShapesWorld `qa`, or one litdata directory).
             text: pure-text sources.
             t2i: text-to-image sources (manifests with images or pre-extracted codes, ImageNet-style
-                class folders, ShapesWorld `t2i`/`class`, or one litdata directory).
+                class folders, WebDataset tar shards, ShapesWorld `t2i`/`class`, or one litdata directory).
             val_und: held-out understanding sources for validation (same per-step mix as training).
             val_text: held-out text sources.
             val_t2i: held-out text-to-image sources.

@@ -30,9 +30,10 @@ Sources:
 - `ClassFolderSource` ImageNet-style `root/<class>/*.jpg` for Stage I: t2i records whose caption is the
                       class name (from `classes.json`, `synset_words.txt` or the folder name);
 - `ShapesSource`      ShapesWorld records of any length, a pure function of (seed, index);
+- `WebDatasetSource`  WebDataset tar shards (img2dataset's output), in `tar_shards.py`;
 - `StreamingSource`   a litdata directory written by `python -m lit_janus.data.optimize` (image bytes
                       inside; local or cloud), read in litdata's chunk-aware shuffled order.
-The first three are map-style (`len`, `[i]`); a streaming source is iterated.
+All but the last are map-style (`len`, `[i]`); a streaming source is iterated.
 """
 
 from __future__ import annotations

@@ -183,6 +183,13 @@ def test_webdataset_shards_read_by_index(tmp_path, tiny_processor):
     assert len(batch.samples) == 5 and batch.skipped >= 2
     with pytest.raises(FileNotFoundError, match="no tar shards found"):
         WebDatasetSource(str(tmp_path / "missing" / "*.tar"))
+    # `python -m lit_janus.data.optimize SHARDS OUT` stores them for streaming, image bytes as they are
+    from lit_janus.data.optimize import item, open_source
+
+    assert isinstance(open_source(str(tmp_path / "laion")), WebDatasetSource)
+    stored = item(0, src)
+    assert json.loads(stored["record"])["caption"] == "a red apple" and stored["image"] == src[0]["image"]
+    assert item(3, src) is None  # an image that does not decode is left out
     import gzip
 
     (tmp_path / "gz.tar").write_bytes(gzip.compress((tmp_path / "laion" / "00000.tar").read_bytes()))

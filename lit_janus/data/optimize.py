@@ -1,6 +1,7 @@
-"""Convert a JSONL manifest (or an ImageNet-style class folder) into a litdata streaming directory.
+"""Convert a JSONL manifest (or an ImageNet-style class folder, or WebDataset tar shards) into a litdata
+streaming directory.
 
-    python -m lit_janus.data.optimize MANIFEST_OR_CLASS_DIR OUT_DIR [--num-workers 8] [--chunk-bytes 64MB]
+    python -m lit_janus.data.optimize MANIFEST_OR_CLASS_DIR_OR_SHARDS OUT_DIR [--num-workers 8] [--chunk-bytes 64MB]
 
 Each item is `{"record": JSON, "image": bytes}`: the record as in the manifest (formats in
 `lit_janus.data.sources`) and the original bytes of its image file(s), so nothing is re-encoded
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import json
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,14 @@ from typing import Any
 from PIL import Image
 
 from lit_janus.data.sources import ClassFolderSource, JsonlSource, Source
+from lit_janus.data.tar_shards import RANGE, WebDatasetSource
 from lit_janus.data.tasks import load_codes
 
 
 def _image_bytes(image: Any) -> bytes:
-    if not isinstance(image, str):
-        raise ValueError(f"only image file paths can be stored, got {type(image).__name__}")
-    data = Path(image).read_bytes()
+    if not isinstance(image, (str, bytes)):
+        raise ValueError(f"only image files or encoded image bytes can be stored, got {type(image).__name__}")
+    data = Path(image).read_bytes() if isinstance(image, str) else image
     from io import BytesIO
 
     with Image.open(BytesIO(data)) as im:
@@ -57,7 +60,11 @@ def item(index: int, source: Source) -> dict[str, Any] | None:
 
 
 def open_source(path: str) -> Source:
+    """Tar shards (`.tar`, a glob, a `{00000..00099}` range, or a directory of them), a class-folder root,
+    or a manifest."""
     p = Path(path)
+    if path.endswith(".tar") or glob.has_magic(path) or RANGE.search(path) or (p.is_dir() and any(p.glob("*.tar"))):
+        return WebDatasetSource(path)
     return ClassFolderSource(path) if p.is_dir() else JsonlSource(path)
 
 
@@ -84,7 +91,8 @@ def optimize_source(source: Source, output_dir: str, num_workers: int = 1, chunk
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="a JSONL manifest, or the root of ImageNet-style class folders")
+    parser.add_argument("source", help="a JSONL manifest, the root of ImageNet-style class folders, or WebDataset "
+                        "tar shards (a .tar, a glob, data/{00000..00099}.tar, or their directory)")
     parser.add_argument("output_dir", help="the litdata directory to write (local path or cloud URL)")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--chunk-bytes", default="64MB")

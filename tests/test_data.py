@@ -359,6 +359,13 @@ def test_the_ratio_holds_per_optimizer_step_under_gradient_accumulation():
         assert all(max(n) - min(n) <= 1 for n in sizes.values())  # ... each task's share as even as it goes
     assert task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8, accumulate_grad_batches=4, round_ratio=True) == \
         {"und": [4, 3, 3, 3], "text": [4, 5, 5, 5], "t2i": [8, 8, 8, 8]}
+    # the suggested batch sizes hold every task in every micro-batch, and round_ratio is offered only if it would
+    with pytest.raises(ValueError, match=r"multiple of 20 \(e\.g\. 40\)\.$") as e:
+        task_batch_sizes(28, TaskRatio(1, 1, 8), accumulate_grad_batches=4)
+    assert "round_ratio" not in str(e.value)
+    assert task_batch_sizes(40, TaskRatio(1, 1, 8), accumulate_grad_batches=4)["und"] == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="too few for 4 micro-batches"):  # 20, a multiple of 20, is not enough
+        task_batch_sizes(20, TaskRatio(1, 1, 8), accumulate_grad_batches=4)
     # 13 understanding samples cannot be in each of 16 micro-batches of 4
     with pytest.raises(ValueError, match="und 13: too few for 16 micro-batches.*fewer accumulate_grad_batches"):
         task_batch_sizes(512, TaskRatio(2, 3, 5), world_size=8, accumulate_grad_batches=16, round_ratio=True)

@@ -70,26 +70,34 @@ def task_batch_sizes(
     per_device = global_batch_size // world_size  # one device's samples per optimizer step
     total = sum(r.values())
     shares = {t: per_device * v / total for t, v in r.items()}
+    rounded = {t: int(s) for t, s in shares.items()}  # floor, then hand out the rest by remainder
+    for t in sorted(TASKS, key=lambda t: shares[t] - rounded[t], reverse=True)[: per_device - sum(rounded.values())]:
+        rounded[t] += 1
+
+    def starving(split: Mapping[str, int]) -> list[str]:  # every micro-batch must hold every active task
+        return [t for t in TASKS if r[t] > 0 and split[t] < accumulate_grad_batches]
+
     if all(s.denominator == 1 for s in shares.values()):
         step = {t: int(s) for t, s in shares.items()}
     elif round_ratio:
-        step = {t: int(s) for t, s in shares.items()}  # floor, then hand out the rest by remainder
-        for t in sorted(TASKS, key=lambda t: shares[t] - step[t], reverse=True)[: per_device - sum(step.values())]:
-            step[t] += 1
+        step = rounded
     else:
         # smallest per-device total that splits exactly: lcm of the reduced ratio's denominators
         unit = lcm(*((v / total).denominator for v in r.values() if v > 0))
-        size = unit * world_size
-        size = lcm(size, micro)  # and still splits into micro-batches
+        size = lcm(unit * world_size, micro)  # and still splits into micro-batches
+        # and gives the smallest task at least one sample in each micro-batch
+        fewest = min(v / total for v in r.values() if v > 0)
+        least = -(-Fraction(accumulate_grad_batches * world_size) / fewest // size) * size
         lower, upper = (global_batch_size // size) * size, (global_batch_size // size + 1) * size
-        suggestions = " or ".join(str(x) for x in (lower, upper) if x > 0)
+        suggestions = " or ".join(str(x) for x in dict.fromkeys((lower, max(upper, least))) if x >= max(least, 1))
         raise ValueError(
             f"ratio {ratio_str} (und:text:t2i) of {per_device} samples per device and optimizer step "
             f"(global_batch_size {global_batch_size} / world_size {world_size}) is "
             f"{' / '.join(_fmt(shares[t]) for t in TASKS)}: not whole samples. Use a global_batch_size that is a "
-            f"multiple of {size} (e.g. {suggestions}), or set round_ratio: true to round the split per device."
+            f"multiple of {size} (e.g. {suggestions})"
+            + ("" if starving(rounded) else ", or set round_ratio: true to round the split per device") + "."
         )
-    starved = [t for t in TASKS if r[t] > 0 and step[t] < accumulate_grad_batches]
+    starved = starving(step)
     if starved and accumulate_grad_batches == 1:
         raise ValueError(f"{per_device} samples per device are too few for ratio {ratio_str}: {starved} would get none")
     if starved:

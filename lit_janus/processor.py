@@ -186,15 +186,18 @@ class JanusProcessor:
     # ---- pure text --------------------------------------------------------------------------
     def text_sample(self, text: str, window: int = 0) -> Sample:
         """`<bos>TEXT<eos>`, all of it supervised. A document longer than `max_length` tokens is cut into
-        windows of `max_length` (the last one shorter) and this is window `window` mod their number:
-        the data streams pass the epoch, so long documents are read a different window each epoch instead
-        of being dropped (pretraining text is mostly longer than the 4096-token context)."""
+        windows of `max_length` that overlap by one token (each window's last token is the next one's first,
+        so every token after `<bos>` is a target exactly once and every window has one), and this is window
+        `window` mod their number: the data streams pass the epoch, so long documents are read a different
+        window each epoch instead of being dropped (pretraining text is mostly longer than the 4096-token
+        context)."""
         if not text.strip():
             raise ValueError("empty text")
         ids = [self.bos_id] + self.encode(text) + [self.eos_id]
         if len(ids) > self.max_length:
-            n = -(-len(ids) // self.max_length)
-            start = (window % n) * self.max_length
+            stride = self.max_length - 1
+            n = -(-(len(ids) - 1) // stride)  # the last window starts before the last token: >= 1 target
+            start = (window % n) * stride
             ids = ids[start:start + self.max_length]
         t = torch.tensor(ids)
         text_labels = torch.full_like(t, IGNORE)

@@ -131,14 +131,23 @@ def test_a_text_document_longer_than_the_context_is_read_a_window_per_epoch(tiny
     doc = " ".join(["the triangle is left of the circle."] * 200)
     ids = [p.bos_id] + p.encode(doc) + [p.eos_id]
     L = p.max_length
-    n = -(-len(ids) // L)
+    n = -(-(len(ids) - 1) // (L - 1))  # windows of L overlapping by one token
     assert n >= 3
     windows = [to_sample("text", p, {"text": doc}, epoch=e) for e in range(n + 1)]
-    assert [len(w) for w in windows[:n]] == [L] * (n - 1) + [len(ids) - (n - 1) * L]
-    assert sum((w.input_ids.tolist() for w in windows[:n]), []) == ids  # the epochs cover the document
+    assert [len(w) for w in windows[:n - 1]] == [L] * (n - 1) and 2 <= len(windows[n - 1]) <= L
+    # the epochs cover the document, and every token after <bos> is a target exactly once
+    targets = sum((w.text_labels[w.text_labels != IGNORE].tolist() for w in windows[:n]), [])
+    assert targets == ids[1:]
     assert torch.equal(windows[n].input_ids, windows[0].input_ids)  # then start over
     for w in windows:
         assert torch.equal(w.text_labels[:-1], w.input_ids[1:]) and int(w.text_labels[-1]) == IGNORE
+    # one token over the context: the second window still has a target (it was a lone <eos> with none)
+    short = [p.bos_id] + p.encode(doc)
+    k = next(i for i in range(len(short)) if len(p.encode(p.tokenizer.decode(short[1:i]))) + 2 == L + 1)
+    text = p.tokenizer.decode(short[1:k])
+    assert len([p.bos_id] + p.encode(text) + [p.eos_id]) == L + 1
+    tail = to_sample("text", p, {"text": text}, epoch=1)
+    assert len(tail) == 2 and int((tail.text_labels != IGNORE).sum()) == 1
 
 
 def test_image_slots_must_match_the_images(tiny_processor):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import glob
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from lit_janus.data.sources import ClassFolderSource, JsonlSource, Source
-from lit_janus.data.tar_shards import RANGE, WebDatasetSource
+from lit_janus.data.tar_shards import WebDatasetSource, names_shards
 from lit_janus.data.tasks import load_codes
 
 
@@ -62,10 +61,9 @@ def item(index: int, source: Source) -> dict[str, Any] | None:
 def open_source(path: str) -> Source:
     """Tar shards (`.tar`, a glob, a `{00000..00099}` range, or a directory of them), a class-folder root,
     or a manifest."""
-    p = Path(path)
-    if path.endswith(".tar") or glob.has_magic(path) or RANGE.search(path) or (p.is_dir() and any(p.glob("*.tar"))):
+    if names_shards(path):
         return WebDatasetSource(path)
-    return ClassFolderSource(path) if p.is_dir() else JsonlSource(path)
+    return ClassFolderSource(path) if Path(path).is_dir() else JsonlSource(path)
 
 
 def optimize_source(source: Source, output_dir: str, num_workers: int = 1, chunk_bytes: str = "64MB") -> int:

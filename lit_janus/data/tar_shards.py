@@ -52,6 +52,14 @@ def expand_shards(spec: str | list[str]) -> list[Path]:
     return found
 
 
+def names_shards(spec: str) -> bool:
+    """Whether `spec` is written as `expand_shards` reads shards: a `.tar`, a glob, a brace range, or a
+    directory holding `.tar` files."""
+    p = Path(spec)
+    return spec.endswith(".tar") or glob.has_magic(spec) or bool(RANGE.search(spec)) or (
+        p.is_dir() and any(p.glob("*.tar")))
+
+
 def _split_key(name: str) -> tuple[str, str]:
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")

@@ -479,6 +479,23 @@ def replace_dir(new: Path, dest: Path) -> None:
         pass
 
 
+def recover_replaced(dest: Path) -> bool:
+    """Finish a `replace_dir(partial, dest)` killed between its two renames: `dest` is missing, `dest.old`
+    holds the previous checkpoint and the complete new one still has its temporary name. Returns whether
+    anything was recovered."""
+    old = dest.with_name(dest.name + ".old")
+    if dest.exists() or dest.is_symlink() or not old.exists():
+        return False
+    partial = dest.with_name(f".{dest.name}.partial")
+    # `replace_dir` only runs once the partial is whole, so with `dest` gone it is the newest checkpoint
+    if partial.exists():
+        os.replace(partial, dest)
+        remove_path(old)
+    else:
+        os.replace(old, dest)
+    return True
+
+
 def _is_export(d: Path) -> bool:
     try:
         return d.is_dir() and read_json(d / "config.json").get("model_type") == "janus"

@@ -58,7 +58,7 @@ class JanusCLI(LightningCLI):
     pass
 
 
-def main(args: list[str] | None = None, run: bool = True) -> JanusCLI:
+def main(args: list[str] | None = None, run: bool = True, cli_class: type[JanusCLI] = JanusCLI) -> JanusCLI:
     from lit_janus.strategy import register_strategies
 
     register_strategies()
@@ -67,7 +67,7 @@ def main(args: list[str] | None = None, run: bool = True) -> JanusCLI:
     # names files. (LightningCLI warns when given `args` and a command line both; here they are one.)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     args = expand_config_args(sys.argv[1:] if args is None else list(args))
-    return JanusCLI(
+    return cli_class(
         model_class=None,
         datamodule_class=None,
         subclass_mode_model=True,

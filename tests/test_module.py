@@ -322,3 +322,46 @@ def test_a_save_killed_half_way_keeps_the_previous_checkpoint(tmp_path, tiny_hf_
     t2.fit(_module(tiny_hf_dir, stage=2), SyntheticData(tiny_processor))
     assert sorted(f.name for f in (tmp_path / "ckpt").iterdir()) == ["last.ckpt"]
     assert torch.load(last, weights_only=False)["global_step"] == 1
+
+
+def test_a_save_killed_between_its_renames_resumes_from_the_new_checkpoint(tmp_path, tiny_hf_dir, tiny_processor, monkeypatch):
+    """Killed after the old `last.ckpt` moved aside but before the complete partial took its name: the
+    resume command (`--ckpt_path .../last.ckpt`) still finds it, restored by `Checkpoint.setup`."""
+    from pathlib import Path
+
+    from lit_janus import checkpoint
+    from lit_janus.callbacks import Checkpoint
+
+    ckpts = tmp_path / "ckpt"
+    cb = Checkpoint(dirpath=str(ckpts), save_last=True, save_top_k=0, every_n_train_steps=1)
+    replace, calls = checkpoint.os.replace, []
+
+    def replace_then_die(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) == 5:  # renames: step 1 one, step 2 two, step 3 old aside (4th), killed at the 5th
+            raise RuntimeError("killed between the renames")
+        replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace_then_die)
+    with pytest.raises(RuntimeError, match="killed between"):
+        _trainer(tmp_path, max_steps=3, callbacks=[cb], enable_checkpointing=True).fit(
+            _module(tiny_hf_dir, stage=2), SyntheticData(tiny_processor))
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    last = ckpts / "last.ckpt"
+    assert sorted(f.name for f in ckpts.iterdir()) == [".last.ckpt.partial", "last.ckpt.old"]
+
+    cb2 = Checkpoint(dirpath=str(ckpts), save_last=True, save_top_k=0, every_n_train_steps=1)
+    t = _trainer(tmp_path, max_steps=4, callbacks=[cb2], enable_checkpointing=True)
+    seen = []
+    load = t.strategy.load_checkpoint
+
+    def load_and_note(path, **kw):
+        ckpt = load(path, **kw)
+        seen.append(ckpt["global_step"])
+        return ckpt
+
+    t.strategy.load_checkpoint = load_and_note
+    t.fit(_module(tiny_hf_dir, stage=2), SyntheticData(tiny_processor), ckpt_path=str(last))
+    assert seen == [3]  # the complete partial, not the older .old (step 2)
+    assert sorted(f.name for f in ckpts.iterdir()) == ["last.ckpt"]
+    assert torch.load(last, weights_only=False)["global_step"] == 4

@@ -374,6 +374,30 @@ def test_pipeline_refuses_more_than_one_device(tmp_path):
                                      "set: {trainer.num_nodes: 2}}\n")
     with pytest.raises(ValueError, match="trains on one device"):
         PipelineSpec.load(tmp_path / "q.yaml")
+    # a stage config asking for two devices, through the files it stacks on
+    (tmp_path / "two.yaml").write_text(f"defaults: [{ROOT / 'configs/shapes/stage1.yaml'}]\ntrainer: {{devices: '0,1'}}\n")
+    (tmp_path / "r.yaml").write_text("name: x\nstages:\n  - {name: s, config: two.yaml, max_steps: 1}\n")
+    with pytest.raises(ValueError, match="run 's' asks for .*0,1"):
+        PipelineSpec.load(tmp_path / "r.yaml")
+    # one device named by index is one device
+    (tmp_path / "ok.yaml").write_text("name: x\ntrainer: {devices: [0]}\nstages:\n"
+                                      f"  - {{name: s, config: {ROOT / 'configs/shapes/stage1.yaml'}, max_steps: 1}}\n")
+    PipelineSpec.load(tmp_path / "ok.yaml")
+
+
+def test_pipeline_checks_the_built_trainer_before_fit(tmp_path):
+    """What the files cannot say ("auto", -1: however many the machine has) is checked on the built trainer,
+    before `fit` would launch the other processes."""
+    import dataclasses
+
+    from lit_janus.shapes.pipeline import Pipeline, PipelineSpec
+
+    spec, base = PipelineSpec.load(_micro_spec(tmp_path, stages=False))
+    spec = dataclasses.replace(spec, trainer={**spec.trainer, "accelerator": "cpu", "devices": 2})  # as "auto" on 2 GPUs
+    pipe = Pipeline(spec, base, tmp_path / "run", log=lambda *a: None)
+    with pytest.raises(ValueError, match="trainer has 2 processes"):
+        pipe.fit(spec.stage0[0], eval_callback=False, stage0=True)
+    assert not (tmp_path / "run" / spec.stage0[0].name / "checkpoints").exists()  # nothing ran
 
 
 def test_smoke_cuts_every_run_and_exports_nothing():

@@ -46,6 +46,8 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from lit_janus.checkpoint import recover_replaced  # noqa: E402
+from lit_janus.cli import JanusCLI  # noqa: E402
 from lit_janus.predict.writers import atomic_write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,14 +123,16 @@ class PipelineSpec:
         if unknown:
             raise ValueError(f"{p}: unknown pipeline keys {sorted(unknown)}")
         # each run is a `fit` inside this process; Lightning would start the other ranks of a multi-device
-        # run by running this command again, i.e. N whole pipelines
+        # run by running this command again, i.e. N whole pipelines. Refused here, before hours of earlier
+        # stages, where the stacked configs say so literally; `Pipeline.fit` checks the built trainer.
         runs = data["stage0"] + data["stages"] + [s for ab in data.get("ablations") or [] for s in ab["stages"]]
-        layouts = [data.get("trainer") or {}] + [{k.split(".")[-1]: v for k, v in s.set.items()
-                                                  if k in ("trainer.devices", "trainer.num_nodes")} for s in runs]
-        many = [t for t in layouts if str(t.get("devices", 1)) != "1" or str(t.get("num_nodes", 1)) != "1"]
-        if many:
-            raise ValueError(f"{p}: the pipeline trains on one device, not {many[0]}; run a multi-device stage by "
-                             "hand from its <out>/<stage>/command.txt with --trainer.devices N")
+        layouts = [("the pipeline's trainer", _trainer_layout(None, data.get("trainer") or {}, {}))]
+        layouts += [(f"run {s.name!r}", _trainer_layout(p.parent / s.config, data.get("trainer") or {}, s.set))
+                    for s in runs]
+        for who, layout in layouts:
+            if any((_device_count(layout.get(k, 1)) or 1) > 1 for k in ("devices", "num_nodes")):
+                raise ValueError(f"{p}: the pipeline trains on one device, but {who} asks for {layout}; run a "
+                                 "multi-device stage by hand from its <out>/<stage>/command.txt with --trainer.devices N")
         # checkpoints, sample grids, logs and results are keyed by run name: a repeat would overwrite
         names = [s.name for s in data["stage0"] + data["stages"]]
         names += [s.name for ab in data.get("ablations") or [] for s in ab["stages"]]
@@ -154,6 +158,41 @@ class PipelineSpec:
             export_stage0=None)
 
 
+def _trainer_layout(config: Path | None, trainer: dict, overrides: dict) -> dict[str, Any]:
+    """`trainer.devices` / `trainer.num_nodes` as a run would stack them: the stage config (and the files it
+    names under `defaults`), then the pipeline's `trainer`, then the run's `set`. A missing config is left
+    to the run to report."""
+    from lit_janus.cli import expand_defaults
+
+    layout: dict[str, Any] = {}
+    try:
+        parts = expand_defaults(config) if config is not None else []
+    except FileNotFoundError:
+        parts = []
+    for part in parts:
+        text = part if "\n" in part else Path(part).read_text()  # a path, or YAML text (always ends in a newline)
+        layout.update({k: v for k, v in ((yaml.safe_load(text) or {}).get("trainer") or {}).items()
+                       if k in ("devices", "num_nodes")})
+    layout.update({k: v for k, v in trainer.items() if k in ("devices", "num_nodes")})
+    layout.update({k.split(".")[-1]: v for k, v in overrides.items() if k in ("trainer.devices", "trainer.num_nodes")})
+    return layout
+
+
+def _device_count(value: Any) -> int | None:
+    """How many devices a `devices`/`num_nodes` value names, or None where only the machine can say
+    ("auto", -1: all of them)."""
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    text = str(value).strip()
+    if "," in text:  # "0,1" or "0,": a list of device indices
+        return len([t for t in text.split(",") if t.strip()])
+    try:
+        n = int(text)
+    except ValueError:
+        return None
+    return None if n < 0 else max(n, 1)
+
+
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node = tree
     parts = key.split(".")
@@ -165,6 +204,17 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 # running one stage through the project CLI
 # ---------------------------------------------------------------------------------------------
+class OneProcessCLI(JanusCLI):
+    """The project CLI, refusing a trainer of more than one process before `fit` launches the others
+    (Lightning starts them by running this process's command again: N whole pipelines)."""
+
+    def before_fit(self) -> None:
+        if self.trainer.world_size != 1:
+            raise ValueError(f"the pipeline trains on one device, but this run's trainer has {self.trainer.world_size} "
+                             f"processes ({self.trainer.num_nodes} node(s) x {self.trainer.num_devices} device(s)); run "
+                             "a multi-device stage by hand from its <out>/<stage>/command.txt with --trainer.devices N")
+
+
 class Pipeline:
     def __init__(self, spec: PipelineSpec, base_dir: Path, out: str | Path, *, log=print):
         self.spec, self.base_dir, self.out = spec, base_dir, Path(out)
@@ -237,6 +287,7 @@ class Pipeline:
         args = ["fit", "--config", str(self._config_path(stage.config)), "--config", str(overlay_path),
                 "--trainer.enable_progress_bar", str(sys.stderr.isatty()).lower()]  # not in the overlay: a rerun compares it
         last = self.out / stage.name / "checkpoints" / "last.ckpt"
+        recover_replaced(last)  # a save killed between its renames
         resume = last.is_file()
         if resume:  # a rerun into the same --out: continue this run if it is this run (a finished one ends at once)
             if not overlay_path.is_file() or overlay_path.read_text() != text:
@@ -248,7 +299,7 @@ class Pipeline:
         t = time.perf_counter()
         self.log(f"[{self.elapsed()}] {stage.name}: " + (f"resuming from {last}, " if resume else "")
                  + f"fit {stage.config} for {stage.max_steps} steps" + (f" from {init_from}" if init_from else ""))
-        cli = main(args)
+        cli = main(args, cli_class=OneProcessCLI)
         self.timings[stage.name] = time.perf_counter() - t
         ckpt = cli.trainer.checkpoint_callback.last_model_path
         if not ckpt or not Path(ckpt).is_file():

@@ -14,6 +14,20 @@ CORPUS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Caches (the tar-shard index) go to a temporary directory, not the user's ~/.cache."""
+    import os
+
+    before = os.environ.get("LIT_JANUS_CACHE")
+    os.environ["LIT_JANUS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["LIT_JANUS_CACHE"]
+    else:
+        os.environ["LIT_JANUS_CACHE"] = before
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny shapes gain nothing from intra-op threads, and on a busy CI runner OpenMP's spinning

@@ -197,6 +197,46 @@ def test_webdataset_shards_read_by_index(tmp_path, tiny_processor):
         len(WebDatasetSource(str(tmp_path / "gz.tar")))
 
 
+def test_webdataset_index_is_cached_per_shard(tmp_path, monkeypatch):
+    """A restart (every rank, every requeue) reads each shard's index from the cache, not the tar headers;
+    a rewritten shard is scanned again."""
+    import os
+
+    from lit_janus.data import tar_shards
+    from lit_janus.data.tar_shards import WebDatasetSource
+
+    monkeypatch.setenv("LIT_JANUS_CACHE", str(tmp_path / "cache"))
+    a = write_shard(tmp_path / "d" / "a.tar", [("k0", {"jpg": b"x", "txt": b"zero"}), ("k1", {"png": b"y", "txt": b"one"})])
+    write_shard(tmp_path / "d" / "b.tar", [("longer_key_2", {"webp": b"z", "json": b'{"caption": "two"}'})])
+    first = WebDatasetSource(str(tmp_path / "d"))
+    assert [first[i]["caption"] for i in range(3)] == ["zero", "one", "two"]
+    assert len(list((tmp_path / "cache" / "tar_index").glob("*.npz"))) == 2
+
+    scanned = []
+    scan = tar_shards._scan
+    monkeypatch.setattr(tar_shards, "_scan", lambda path: scanned.append(path.name) or scan(path))
+    again = WebDatasetSource(str(tmp_path / "d"))
+    assert [again[i]["key"] for i in range(3)] == ["k0", "k1", "longer_key_2"] and scanned == []
+    assert again.locate(2).endswith("b.tar, sample longer_key_2.webp") and again[1]["image"] == b"y"
+    for f in (tmp_path / "cache" / "tar_index").glob("*.npz"):  # a cache file cut short (a full disk): rescan
+        f.write_bytes(f.read_bytes()[:60])
+    assert len(WebDatasetSource(str(tmp_path / "d"))) == 3 and scanned == ["a.tar", "b.tar"]
+    scanned.clear()
+    write_shard(a, [("k0", {"jpg": b"x", "txt": b"zero"})])  # rewritten: one sample fewer
+    os.utime(a, ns=(1, 1))  # a different mtime even where the filesystem's clock is coarse
+    assert len(WebDatasetSource(str(tmp_path / "d"))) == 2 and scanned == ["a.tar"]
+    assert len(WebDatasetSource(str(tmp_path / "d"), cache_index=False)) == 2 and scanned == ["a.tar", "a.tar", "b.tar"]
+    # filled ahead of a run, in parallel: the next start scans nothing
+    scanned.clear()
+    monkeypatch.setenv("LIT_JANUS_CACHE", str(tmp_path / "cache2"))
+    assert tar_shards.main([str(tmp_path / "d" / "*.tar"), "--workers", "2"]) == 2
+    assert len(WebDatasetSource(str(tmp_path / "d"))) == 2 and scanned == []
+    # a cache that cannot be written costs a rescan, not the run
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("LIT_JANUS_CACHE", str(tmp_path / "file"))
+    assert len(WebDatasetSource(str(tmp_path / "d"))) == 2
+
+
 def test_multi_turn_supervises_every_answer_in_deepseek_layout(tiny_processor):
     p = tiny_processor
     record = {"image": Image.new("RGB", (30, 20)), "conversations": [

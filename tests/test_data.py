@@ -120,7 +120,7 @@ def test_a_json_array_manifest_reads_like_jsonl(tmp_path, tiny_processor):
     for i in (0, 2):
         assert torch.equal(to_sample("und", tiny_processor, src[i]).input_ids,
                            to_sample("und", tiny_processor, jsonl[i]).input_ids)
-    with pytest.raises(BadRecord, match="understanding record has no image"):  # text-only: skipped and counted in training
+    with pytest.raises(BadRecord, match="understanding record has no image"):  # text-only: the text stream's (has_image)
         to_sample("und", tiny_processor, src[1])
     (tmp_path / "broken.json").write_text('[{"image": "a.png"}, {"ima')
     with pytest.raises(ValueError, match="starts like a JSON array but does not parse"):
@@ -235,6 +235,46 @@ def test_webdataset_index_is_cached_per_shard(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("LIT_JANUS_CACHE", str(tmp_path / "file"))
     assert len(WebDatasetSource(str(tmp_path / "d"))) == 2
+
+
+def test_a_mixed_manifest_splits_between_the_und_and_text_streams(tmp_path, tiny_processor):
+    """LLaVA's mix (and Janus-Pro's SFT data) holds text-only dialogue among the image conversations: with
+    `has_image` one manifest feeds both streams, the dialogue trained in the chat template on its answers."""
+    write_image(tmp_path / "images" / "a.png")
+    p, eos = tiny_processor, tiny_processor.tokenizer.eos_token
+    records = [
+        {"id": "1", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nwhat colour?"},
+                                                        {"from": "gpt", "value": "green"}]},
+        {"id": "2", "conversations": [{"from": "human", "value": "how many?"}, {"from": "gpt", "value": "three"},
+                                      {"from": "human", "value": "and circles?"}, {"from": "gpt", "value": "no"}]},
+        {"id": "3", "question": "is it red?", "answer": "yes"},
+    ]
+    (tmp_path / "mix.json").write_text(json.dumps(records))
+    write_jsonl(tmp_path / "mix.jsonl", records, extra_lines=["{not json"])
+    for name in ("mix.json", "mix.jsonl"):
+        und = JsonlSource(str(tmp_path / name), root=str(tmp_path / "images"), has_image=True)
+        text = JsonlSource(str(tmp_path / name), root=str(tmp_path / "images"), has_image=False)
+        assert [r["id"] for r in (und[0],)] == ["1"] and [text[i]["id"] for i in (0, 1)] == ["2", "3"]
+        assert len(und) + len(text) == len(JsonlSource(str(tmp_path / name))) + (name == "mix.jsonl")  # bad line in both
+    chat = to_sample("text", p, text[0])
+    assert chat.task == "text" and chat.pixel_values is None and not chat.image_mask.any()
+    assert p.tokenizer.decode(chat.input_ids.tolist()).endswith(
+        "how many?\n\n<|Assistant|>: three" + eos + "<|User|>: and circles?\n\n<|Assistant|>: no" + eos)
+    assert supervised_text(p, chat) == f" three{eos} no{eos}"  # answers only, as in understanding
+    single = to_sample("text", p, text[1])  # the first turn is an understanding prompt without an image
+    prompt = p.understanding_ids("is it red?", n_images=0)
+    assert single.input_ids.tolist()[:len(prompt)] == prompt and supervised_text(p, single) == f" yes{eos}"
+    pos = (chat.text_labels != IGNORE).nonzero().flatten()
+    assert torch.equal(chat.text_labels[pos], chat.input_ids[pos + 1])
+    with pytest.raises(BadRecord, match="has_image: false"):  # an image conversation drawn by the text stream
+        to_sample("text", p, JsonlSource(str(tmp_path / "mix.json"), root=str(tmp_path / "images"))[0])
+    with pytest.raises(BadRecord, match="has_image: true"):
+        to_sample("und", p, JsonlSource(str(tmp_path / "mix.json"))[1])
+    # the streams: every record of its kind, none skipped
+    batch = next(iter(TaskStream("text", [text], p, 2, shuffle=False)))
+    assert batch.skipped == 0 and [s.task for s in batch.samples] == ["text", "text"]
+    packed = collate(batch.samples, p.pad_id, pack_length=p.max_length)  # packing keeps the answer-only labels
+    assert int((packed["text_labels"] != IGNORE).sum()) == sum(int((s.text_labels != IGNORE).sum()) for s in batch.samples)
 
 
 def test_multi_turn_supervises_every_answer_in_deepseek_layout(tiny_processor):

@@ -14,7 +14,9 @@ understanding (`und`)
   first (as in DeepSeek's template); when a record has markers there must be one per image. Every
   assistant turn of a multi-turn conversation is supervised; a trailing unanswered user turn is dropped.
 text (`text`)
-    {"text": "..."}
+    {"text": "..."}                                                a document, every token supervised
+    {"conversations": [...]} or {"question": ..., "answer": ...}   text-only dialogue (no image): the chat
+                                                                   template, its answers supervised
 text-to-image (`t2i`)
     {"image": "x.jpg", "caption": "..."}                          VQ-encoded on the fly by the model
     {"codes": "x.npy", "caption": "..."}                          pre-extracted codes, one file per image
@@ -93,7 +95,12 @@ def _is_json_array(path: Path) -> bool:
     return head.startswith(b"[")
 
 
-def _json_array_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def has_image(record: Any) -> bool:
+    """Whether a record names an image (`image` or `images`, not empty)."""
+    return isinstance(record, dict) and bool(record.get("images", record.get("image")))
+
+
+def _json_array_lines(path: Path, keep=lambda record: True) -> tuple[np.ndarray, np.ndarray]:
     """A JSON array file as one byte buffer of compact JSON lines and their n + 1 boundaries: the same
     per-record lookup as a JSONL file, with no Python object per record left to copy into workers."""
     with open(path, "rb") as f:
@@ -101,7 +108,7 @@ def _json_array_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
             records = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} starts like a JSON array but does not parse: {e}") from None
-    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in records]
+    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in records if keep(r)]
     del records
     bounds = np.zeros(len(lines) + 1, dtype=np.int64)
     np.cumsum([len(line) for line in lines], out=bounds[1:])
@@ -114,16 +121,24 @@ class JsonlSource(Source):
 
     Only the byte offset of each line is kept in memory, in a numpy array: a Python list of dicts
     would be copied page by page into every DataLoader worker as reference counts change. A JSON array
-    is parsed once and kept as one buffer of JSON lines (about the file's size)."""
+    is parsed once and kept as one buffer of JSON lines (about the file's size).
 
-    def __init__(self, path: str, root: str | None = None):
+    `has_image` splits a mixed manifest between streams: LLaVA's mix holds ~41k text-only ShareGPT
+    conversations among its 665k records, understanding data for the `und` stream (`has_image: true`)
+    and chat data for the `text` stream (`has_image: false`)."""
+
+    def __init__(self, path: str, root: str | None = None, has_image: bool | None = None):
         """
         Args:
             path: the manifest: JSON Lines (`.jsonl`), or a JSON array (`.json`).
             root: directory that relative paths resolve against (default: the manifest's directory).
+            has_image: keep only the records that name an image (true) or only those that do not (false);
+                default: all. Filtering parses every record once when the source is first used (a line that
+                is not valid JSON is kept either way, to be reported).
         """
         self.path = Path(path)
         self.root = Path(root) if root is not None else self.path.parent
+        self.has_image = has_image
         self._offsets: np.ndarray | None = None
         self._lines: np.ndarray | None = None  # a JSON array's records as JSON lines; _offsets then has n + 1
         self._file = None
@@ -134,16 +149,25 @@ class JsonlSource(Source):
             if not self.path.is_file():
                 raise FileNotFoundError(f"manifest not found: {self.path}")
             if _is_json_array(self.path):
-                self._lines, self._offsets = _json_array_lines(self.path)
+                self._lines, self._offsets = _json_array_lines(self.path, self._keep)
                 return self._offsets
             offsets, at = [], 0
             with open(self.path, "rb") as f:
                 for line in f:
-                    if line.strip():
+                    if line.strip() and (self.has_image is None or self._keep_line(line)):
                         offsets.append(at)
                     at += len(line)
             self._offsets = np.asarray(offsets, dtype=np.int64)
         return self._offsets
+
+    def _keep(self, record: Any) -> bool:
+        return self.has_image is None or has_image(record) == self.has_image
+
+    def _keep_line(self, line: bytes) -> bool:
+        try:
+            return self._keep(json.loads(line))
+        except ValueError:  # not JSON, or not UTF-8: reported as a bad record when drawn
+            return True
 
     def __len__(self) -> int:
         n = len(self._index())

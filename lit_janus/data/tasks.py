@@ -93,18 +93,30 @@ def _pairs(conv: Any) -> list[tuple[Any, Any]]:
 
 def conversation_sample(processor: JanusProcessor, images: list, turns: list[tuple[str, str]]) -> Sample:
     """Understanding sample with every assistant turn supervised, in DeepSeek's multi-turn layout
-    `... <|Assistant|>: A1<eos><|User|>: Q2\\n\\n<|Assistant|>: A2<eos>`. Raises PromptTooLongError
-    if the whole conversation does not fit (never truncates an answer)."""
-    first = processor.understanding_sample(images, *turns[0])
-    if len(turns) == 1:
-        return first
-    ids, labels = first.input_ids.tolist(), first.text_labels.tolist()
-    for question, answer in turns[1:]:
-        prompt = processor.encode(f"{USER}: {question}\n\n{ASSISTANT}:")
+    `... <|Assistant|>: A1<eos><|User|>: Q2\n\n<|Assistant|>: A2<eos>`. Raises PromptTooLongError
+    if the whole conversation does not fit (never truncates an answer). Without images it is a text-only
+    chat in the same template (system prompt included), a `text` sample supervised on its answers."""
+    ids: list[int] = []
+    labels: list[int] = []
+
+    def add_turn(prompt: list[int], answer: str) -> None:
         reply = processor.encode(" " + answer) + [processor.eos_id]
         # the last prompt position predicts the first answer token; <eos> predicts nothing
-        labels += [IGNORE] * (len(prompt) - 1) + reply + [IGNORE]
-        ids += prompt + reply
+        labels.extend([IGNORE] * (len(prompt) - 1) + reply + [IGNORE])
+        ids.extend(prompt + reply)
+
+    if images:
+        first = processor.understanding_sample(images, *turns[0])  # pixels, and the checks of one turn
+        if len(turns) == 1:
+            return first
+        ids.extend(first.input_ids.tolist())
+        labels.extend(first.text_labels.tolist())
+        pixels = first.pixel_values
+    else:
+        add_turn(processor.understanding_ids(turns[0][0], n_images=0), turns[0][1])
+        pixels = None
+    for question, answer in turns[1:]:
+        add_turn(processor.encode(f"{USER}: {question}\n\n{ASSISTANT}:"), answer)
     if len(ids) > processor.max_length:
         raise PromptTooLongError(f"conversation of {len(turns)} turns is {len(ids)} tokens; the context is "
                                  f"{processor.max_length}")
@@ -113,14 +125,15 @@ def conversation_sample(processor: JanusProcessor, images: list, turns: list[tup
     return Sample(
         input_ids=t, text_labels=torch.tensor(labels), gen_labels=torch.full_like(t, IGNORE),
         gen_mask=torch.zeros_like(t, dtype=torch.bool), image_mask=t == processor.image_id,
-        task="und", pixel_values=first.pixel_values,
+        task="und" if images else "text", pixel_values=pixels,
     )
 
 
 def und_sample(processor: JanusProcessor, record: dict[str, Any]) -> Sample:
     images = record.get("images", record.get("image"))
     if images is None:
-        raise BadRecord("understanding record has no image")
+        raise BadRecord("understanding record has no image (a text-only conversation is text data: list the "
+                        "manifest in both streams, `has_image: true` on the und source, `false` on the text one)")
     images = images if isinstance(images, list) else [images]
     if not images:
         raise BadRecord("understanding record has an empty image list")
@@ -130,7 +143,14 @@ def und_sample(processor: JanusProcessor, record: dict[str, Any]) -> Sample:
 
 # ---- text -----------------------------------------------------------------------------------
 def text_sample(processor: JanusProcessor, record: dict[str, Any], epoch: int = 0) -> Sample:
-    """A document longer than the context gives one window of it per epoch (`JanusProcessor.text_sample`)."""
+    """`{"text"}`: a document, all of it supervised; one longer than the context gives one window of it per
+    epoch (`JanusProcessor.text_sample`). A conversation without images (`conversations`, or `question` +
+    `answer`: ShareGPT-style dialogue, the text-only part of LLaVA's mix): the chat template, answers only."""
+    if "text" not in record and ("conversations" in record or "question" in record):
+        if record.get("images", record.get("image")):
+            raise BadRecord("a conversation with an image is understanding data, not text (with one manifest "
+                            "for both streams, set `has_image: false` on its text-stream source)")
+        return conversation_sample(processor, [], turns_of(record, 0))
     return processor.text_sample(_text(_field(record, "text"), "text"), window=epoch)
 
 

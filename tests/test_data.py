@@ -275,6 +275,12 @@ def test_a_mixed_manifest_splits_between_the_und_and_text_streams(tmp_path, tiny
     assert batch.skipped == 0 and [s.task for s in batch.samples] == ["text", "text"]
     packed = collate(batch.samples, p.pad_id, pack_length=p.max_length)  # packing keeps the answer-only labels
     assert int((packed["text_labels"] != IGNORE).sum()) == sum(int((s.text_labels != IGNORE).sum()) for s in batch.samples)
+    # converting for streaming: `python -m lit_janus.data.optimize mix.json OUT --root images --has-image false`
+    from lit_janus.data.optimize import open_source
+
+    assert [r["id"] for r in open_source(str(tmp_path / "mix.json"), str(tmp_path / "images"), False)] == ["2", "3"]
+    with pytest.raises(ValueError, match="apply to a manifest"):
+        open_source(str(tmp_path / "images"), has_image=True)
 
 
 def test_multi_turn_supervises_every_answer_in_deepseek_layout(tiny_processor):

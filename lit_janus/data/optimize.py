@@ -2,6 +2,7 @@
 streaming directory.
 
     python -m lit_janus.data.optimize MANIFEST_OR_CLASS_DIR_OR_SHARDS OUT_DIR [--num-workers 8] [--chunk-bytes 64MB]
+    python -m lit_janus.data.optimize llava_v1_5_mix665k.json data/lit/und --root IMAGES --has-image true
 
 Each item is `{"record": JSON, "image": bytes}`: the record as in the manifest (formats in
 `lit_janus.data.sources`) and the original bytes of its image file(s), so nothing is re-encoded
@@ -58,12 +59,14 @@ def item(index: int, source: Source) -> dict[str, Any] | None:
         return None
 
 
-def open_source(path: str) -> Source:
+def open_source(path: str, root: str | None = None, has_image: bool | None = None) -> Source:
     """Tar shards (`.tar`, a glob, a `{00000..00099}` range, or a directory of them), a class-folder root,
-    or a manifest."""
-    if names_shards(path):
-        return WebDatasetSource(path)
-    return ClassFolderSource(path) if Path(path).is_dir() else JsonlSource(path)
+    or a manifest (`root` and `has_image` as for `JsonlSource`)."""
+    if names_shards(path) or Path(path).is_dir():
+        if root is not None or has_image is not None:
+            raise ValueError("--root and --has-image apply to a manifest, not to tar shards or class folders")
+        return WebDatasetSource(path) if names_shards(path) else ClassFolderSource(path)
+    return JsonlSource(path, root=root, has_image=has_image)
 
 
 def optimize_source(source: Source, output_dir: str, num_workers: int = 1, chunk_bytes: str = "64MB") -> int:
@@ -92,10 +95,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", help="a JSONL manifest, the root of ImageNet-style class folders, or WebDataset "
                         "tar shards (a .tar, a glob, data/{00000..00099}.tar, or their directory)")
     parser.add_argument("output_dir", help="the litdata directory to write (local path or cloud URL)")
+    parser.add_argument("--root", help="a manifest's image folder (default: the manifest's directory)")
+    parser.add_argument("--has-image", choices=("true", "false"), help="keep only a manifest's records with "
+                        "(true) or without (false) an image, e.g. LLaVA's mix split into und and text data")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--chunk-bytes", default="64MB")
     args = parser.parse_args(argv)
-    source = open_source(args.source)
+    source = open_source(args.source, args.root, None if args.has_image is None else args.has_image == "true")
     n = optimize_source(source, args.output_dir, args.num_workers, args.chunk_bytes)
     print(f"wrote {n} of {len(source)} records to {args.output_dir} ({len(source) - n} skipped)")
 

@@ -17,7 +17,6 @@ from weakref import proxy
 
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_warn
 
 
 @contextmanager
@@ -131,18 +130,6 @@ class Checkpoint(ModelCheckpoint):
     directory and moves, a copy when that is another filesystem. Here the new checkpoint takes the old
     one's name only once complete (`.<name>.partial` until then), so an interrupted save keeps the
     previous checkpoint."""
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        # before Lightning loads `--ckpt_path`: a run killed between the two renames of a save left the
-        # checkpoint as `<name>.old` (previous) and `.<name>.partial` (complete), with `<name>` missing
-        if self.dirpath and "://" not in str(self.dirpath) and Path(self.dirpath).is_dir() and trainer.is_global_zero:
-            from lit_janus.checkpoint import recover_replaced
-
-            for old in sorted(Path(self.dirpath).glob("*.old")):
-                if recover_replaced(old.with_suffix("")):
-                    rank_zero_warn(f"{old.with_suffix('')}: restored from a save interrupted while renaming")
-        trainer.strategy.barrier("checkpoint: recovered")
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         from lit_janus.checkpoint import remove_path, replace_dir

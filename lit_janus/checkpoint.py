@@ -488,11 +488,8 @@ def recover_replaced(dest: Path) -> bool:
         return False
     partial = dest.with_name(f".{dest.name}.partial")
     # `replace_dir` only runs once the partial is whole, so with `dest` gone it is the newest checkpoint
-    if partial.exists():
-        os.replace(partial, dest)
-        remove_path(old)
-    else:
-        os.replace(old, dest)
+    os.replace(partial if partial.exists() else old, dest)
+    remove_path(old)
     return True
 
 
@@ -705,8 +702,12 @@ def read_config_and_processor(path: str | Path, max_length: int | None = None):
     Janus-Pro's 4096 for pretrained directories (which do not record one)."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}" + ("" if p.is_absolute() else
-                                                             f" (relative to the working directory {Path.cwd()})"))
+        hint = ("" if p.is_absolute() else f" (relative to the working directory {Path.cwd()})")
+        if p.with_name(p.name + ".old").exists():
+            hint += (f"; {p.name}.old is there: its run was killed while saving, between two renames - resume "
+                     "that run with --ckpt_path pointing here (which restores it) or call "
+                     "lit_janus.checkpoint.recover_replaced on this path")
+        raise CheckpointError(f"checkpoint not found: {p}{hint}")
     if p.is_dir() and (p / "config.json").is_file():
         layout = detect_layout(p)
         raw = read_json(p / "config.json")

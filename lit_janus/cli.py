@@ -8,6 +8,7 @@ stage files it names.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -58,6 +59,23 @@ class JanusCLI(LightningCLI):
     pass
 
 
+def _recover_ckpt_path(args: list[str]) -> None:
+    """A `--ckpt_path` whose save was killed between its two renames (`lit_janus.callbacks.Checkpoint`) is
+    restored before the CLI reads it (it merges the checkpoint's hyperparameters while parsing). Only in
+    the first process: ranks 1..N-1 that Lightning starts later find it done; under `srun` all ranks start
+    at once, so scripts/slurm_fit.sh restores it before `srun`."""
+    if any(os.environ.get(v, "0") != "0" for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        return
+    for i, a in enumerate(args):
+        path = a.split("=", 1)[1] if a.startswith("--ckpt_path=") else args[i + 1] if (
+            a == "--ckpt_path" and i + 1 < len(args)) else None
+        if path and "://" not in path and path not in ("last", "best", "hpc", "registry"):
+            from lit_janus.checkpoint import recover_replaced
+
+            if recover_replaced(Path(path)):
+                warnings.warn(f"{path}: restored from a save that was interrupted while renaming")
+
+
 def main(args: list[str] | None = None, run: bool = True, cli_class: type[JanusCLI] = JanusCLI) -> JanusCLI:
     from lit_janus.strategy import register_strategies
 
@@ -67,6 +85,7 @@ def main(args: list[str] | None = None, run: bool = True, cli_class: type[JanusC
     # names files. (LightningCLI warns when given `args` and a command line both; here they are one.)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     args = expand_config_args(sys.argv[1:] if args is None else list(args))
+    _recover_ckpt_path(args)
     return cli_class(
         model_class=None,
         datamodule_class=None,

@@ -229,7 +229,9 @@ def test_webdataset_index_is_cached_per_shard(tmp_path, monkeypatch):
     # filled ahead of a run, in parallel: the next start scans nothing
     scanned.clear()
     monkeypatch.setenv("LIT_JANUS_CACHE", str(tmp_path / "cache2"))
-    assert tar_shards.main([str(tmp_path / "d" / "*.tar"), "--workers", "2"]) == 2
+    from lit_janus.data.tar_index import main as index_main
+
+    assert index_main([str(tmp_path / "d" / "*.tar"), "--workers", "2"]) == 2
     assert len(WebDatasetSource(str(tmp_path / "d"))) == 2 and scanned == []
     # a cache that cannot be written costs a rescan, not the run
     (tmp_path / "file").write_text("")
@@ -248,13 +250,16 @@ def test_a_mixed_manifest_splits_between_the_und_and_text_streams(tmp_path, tiny
         {"id": "2", "conversations": [{"from": "human", "value": "how many?"}, {"from": "gpt", "value": "three"},
                                       {"from": "human", "value": "and circles?"}, {"from": "gpt", "value": "no"}]},
         {"id": "3", "question": "is it red?", "answer": "yes"},
+        # ShareGPT exports: a system turn (the system prompt is the processor's), "image": "" for none
+        {"id": "4", "image": "", "conversations": [{"from": "system", "value": "You are helpful."},
+                                                   {"from": "human", "value": "hi"}, {"from": "gpt", "value": "no"}]},
     ]
     (tmp_path / "mix.json").write_text(json.dumps(records))
     write_jsonl(tmp_path / "mix.jsonl", records, extra_lines=["{not json"])
     for name in ("mix.json", "mix.jsonl"):
         und = JsonlSource(str(tmp_path / name), root=str(tmp_path / "images"), has_image=True)
         text = JsonlSource(str(tmp_path / name), root=str(tmp_path / "images"), has_image=False)
-        assert [r["id"] for r in (und[0],)] == ["1"] and [text[i]["id"] for i in (0, 1)] == ["2", "3"]
+        assert len(und) == 1 + (name == "mix.jsonl") and und[0]["id"] == "1" and [text[i]["id"] for i in range(3)] == ["2", "3", "4"]
         assert len(und) + len(text) == len(JsonlSource(str(tmp_path / name))) + (name == "mix.jsonl")  # bad line in both
     chat = to_sample("text", p, text[0])
     assert chat.task == "text" and chat.pixel_values is None and not chat.image_mask.any()
@@ -266,19 +271,23 @@ def test_a_mixed_manifest_splits_between_the_und_and_text_streams(tmp_path, tiny
     assert single.input_ids.tolist()[:len(prompt)] == prompt and supervised_text(p, single) == f" yes{eos}"
     pos = (chat.text_labels != IGNORE).nonzero().flatten()
     assert torch.equal(chat.text_labels[pos], chat.input_ids[pos + 1])
+    system = to_sample("text", p, text[2])
+    assert torch.equal(system.input_ids, to_sample("text", p, {"question": "hi", "answer": "no"}).input_ids)
+    with pytest.raises(BadRecord, match="has_image: true"):  # "" is no image, not the image folder
+        to_sample("und", p, text[2])
     with pytest.raises(BadRecord, match="has_image: false"):  # an image conversation drawn by the text stream
         to_sample("text", p, JsonlSource(str(tmp_path / "mix.json"), root=str(tmp_path / "images"))[0])
     with pytest.raises(BadRecord, match="has_image: true"):
         to_sample("und", p, JsonlSource(str(tmp_path / "mix.json"))[1])
     # the streams: every record of its kind, none skipped
-    batch = next(iter(TaskStream("text", [text], p, 2, shuffle=False)))
-    assert batch.skipped == 0 and [s.task for s in batch.samples] == ["text", "text"]
+    batch = next(iter(TaskStream("text", [text], p, 3, shuffle=False)))
+    assert batch.skipped == 0 and [s.task for s in batch.samples] == ["text", "text", "text"]
     packed = collate(batch.samples, p.pad_id, pack_length=p.max_length)  # packing keeps the answer-only labels
     assert int((packed["text_labels"] != IGNORE).sum()) == sum(int((s.text_labels != IGNORE).sum()) for s in batch.samples)
     # converting for streaming: `python -m lit_janus.data.optimize mix.json OUT --root images --has-image false`
     from lit_janus.data.optimize import open_source
 
-    assert [r["id"] for r in open_source(str(tmp_path / "mix.json"), str(tmp_path / "images"), False)] == ["2", "3"]
+    assert [r["id"] for r in open_source(str(tmp_path / "mix.json"), str(tmp_path / "images"), False)] == ["2", "3", "4"]
     with pytest.raises(ValueError, match="apply to a manifest"):
         open_source(str(tmp_path / "images"), has_image=True)
 

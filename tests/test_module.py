@@ -326,10 +326,11 @@ def test_a_save_killed_half_way_keeps_the_previous_checkpoint(tmp_path, tiny_hf_
 
 def test_a_save_killed_between_its_renames_resumes_from_the_new_checkpoint(tmp_path, tiny_hf_dir, tiny_processor, monkeypatch):
     """Killed after the old `last.ckpt` moved aside but before the complete partial took its name: the
-    resume command (`--ckpt_path .../last.ckpt`) still finds it, restored by `Checkpoint.setup`."""
+    resume command (`--ckpt_path .../last.ckpt`) restores it before the CLI reads it, and the run resumes
+    from the newest step."""
     from pathlib import Path
 
-    from lit_janus import checkpoint
+    from lit_janus import checkpoint, cli
     from lit_janus.callbacks import Checkpoint
 
     ckpts = tmp_path / "ckpt"
@@ -337,9 +338,10 @@ def test_a_save_killed_between_its_renames_resumes_from_the_new_checkpoint(tmp_p
     replace, calls = checkpoint.os.replace, []
 
     def replace_then_die(src, dst):
-        calls.append(Path(dst).name)
-        if len(calls) == 5:  # renames: step 1 one, step 2 two, step 3 old aside (4th), killed at the 5th
-            raise RuntimeError("killed between the renames")
+        if Path(dst).parent == ckpts:
+            calls.append(Path(dst).name)
+            if len(calls) == 5:  # renames: step 1 one, step 2 two, step 3 old aside (4th), killed at the 5th
+                raise RuntimeError("killed between the renames")
         replace(src, dst)
 
     monkeypatch.setattr(checkpoint.os, "replace", replace_then_die)
@@ -349,9 +351,21 @@ def test_a_save_killed_between_its_renames_resumes_from_the_new_checkpoint(tmp_p
     monkeypatch.setattr(checkpoint.os, "replace", replace)
     last = ckpts / "last.ckpt"
     assert sorted(f.name for f in ckpts.iterdir()) == [".last.ckpt.partial", "last.ckpt.old"]
+    with pytest.raises(checkpoint.CheckpointError, match="last.ckpt.old is there"):  # init_from names it
+        checkpoint.read_config_and_processor(last)
 
-    cb2 = Checkpoint(dirpath=str(ckpts), save_last=True, save_top_k=0, every_n_train_steps=1)
-    t = _trainer(tmp_path, max_steps=4, callbacks=[cb2], enable_checkpointing=True)
+    seen_by_cli = []
+
+    class Parsed:  # stands in for JanusCLI: what the CLI would find when it parses --ckpt_path
+        def __init__(self, **kwargs):
+            seen_by_cli.append(sorted(f.name for f in ckpts.iterdir()))
+
+    with pytest.warns(UserWarning, match="restored from a save that was interrupted"):
+        cli.main(["fit", "--ckpt_path", str(last)], cli_class=Parsed)
+    assert seen_by_cli == [["last.ckpt"]]
+    t = _trainer(tmp_path, max_steps=4, callbacks=[Checkpoint(dirpath=str(ckpts), save_last=True, save_top_k=0,
+                                                          enable_version_counter=False)],
+                 enable_checkpointing=True)
     seen = []
     load = t.strategy.load_checkpoint
 

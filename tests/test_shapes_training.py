@@ -367,9 +367,17 @@ def test_pipeline_refuses_more_than_one_device(tmp_path):
     the pipeline's command again."""
     from lit_janus.shapes.pipeline import PipelineSpec
 
-    (tmp_path / "p.yaml").write_text("name: x\ntrainer: {devices: 2}\nstages: []\n")
+    stage1 = ROOT / "configs/shapes/stage1.yaml"
+    (tmp_path / "p.yaml").write_text(f"name: x\ntrainer: {{devices: 2}}\nstages:\n  - {{name: s, config: {stage1}, max_steps: 1}}\n")
     with pytest.raises(ValueError, match="trains on one device.*command.txt"):
         PipelineSpec.load(tmp_path / "p.yaml")
+    (tmp_path / "p1.yaml").write_text(f"name: x\ntrainer: {{devices: 2}}\nstages:\n  - {{name: s, config: {stage1}, "
+                                      "max_steps: 1, set: {trainer.devices: 1}}\n")
+    PipelineSpec.load(tmp_path / "p1.yaml")  # every run overrides it
+    (tmp_path / "p2.yaml").write_text(f"name: x\nstages:\n  - {{name: s, config: {stage1}, max_steps: 1, "
+                                      "set: {trainer: {devices: 2}}}\n")
+    with pytest.raises(ValueError, match="trains on one device"):
+        PipelineSpec.load(tmp_path / "p2.yaml")
     (tmp_path / "q.yaml").write_text("name: x\nstages:\n  - {name: s, config: a.yaml, max_steps: 1, "
                                      "set: {trainer.num_nodes: 2}}\n")
     with pytest.raises(ValueError, match="trains on one device"):

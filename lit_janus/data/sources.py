@@ -9,7 +9,8 @@ understanding (`und`)
     {"image": "a.jpg", "question": "What is this?", "answer": "A red circle."}
   `"images": [...]` (or `"image": [...]`) gives several images, all placed before the first question.
   Roles are matched case-insensitively (`user`/`assistant`, `User`, `<|User|>`); LLaVA-style turns
-  (`{"from": "human"|"gpt", "value": ...}`) are accepted too. Image markers (`<image>`,
+  (`{"from": "human"|"gpt", "value": ...}`) are accepted too; turns before the first user turn (a
+  `system` turn, an assistant greeting) are left out. Image markers (`<image>`,
   `<image_placeholder>`) are dropped from the questions, in any turn, since the images always go
   first (as in DeepSeek's template); when a record has markers there must be one per image. Every
   assistant turn of a multi-turn conversation is supervised; a trailing unanswered user turn is dropped.
@@ -82,10 +83,10 @@ def resolve_paths(record: dict[str, Any], root: Path) -> dict[str, Any]:
     """Make the relative file paths of a record absolute against `root` (a manifest's directory)."""
     for key in PATH_KEYS:
         value = record.get(key)
-        if isinstance(value, str):
+        if isinstance(value, str) and value:  # "" stays "": no image, not the root folder
             record[key] = str(root / value)
         elif key != "codes" and isinstance(value, list):  # a list of codes is the codes themselves
-            record[key] = [str(root / v) if isinstance(v, str) else v for v in value]
+            record[key] = [str(root / v) if isinstance(v, str) and v else v for v in value]
     return record
 
 
@@ -134,7 +135,7 @@ class JsonlSource(Source):
             root: directory that relative paths resolve against (default: the manifest's directory).
             has_image: keep only the records that name an image (true) or only those that do not (false);
                 default: all. Filtering parses every record once when the source is first used (a line that
-                is not valid JSON is kept either way, to be reported).
+                is not a JSON object is kept either way, to be reported).
         """
         self.path = Path(path)
         self.root = Path(root) if root is not None else self.path.parent
@@ -161,7 +162,8 @@ class JsonlSource(Source):
         return self._offsets
 
     def _keep(self, record: Any) -> bool:
-        return self.has_image is None or has_image(record) == self.has_image
+        # a line that is no JSON object is kept either way: reported as a bad record when drawn
+        return self.has_image is None or not isinstance(record, dict) or has_image(record) == self.has_image
 
     def _keep_line(self, line: bytes) -> bool:
         try:

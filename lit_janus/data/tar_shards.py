@@ -10,9 +10,8 @@ hold. Local (or mounted) shards only; for object stores, convert to litdata (`li
 
 Each shard's index is cached (`$LIT_JANUS_CACHE/tar_index`, default `~/.cache/lit_janus`), keyed by the
 shard's path, size and modification time: scanning 10k-sample shards means ~30k header reads each, which
-every rank of every restart would otherwise repeat. Fill it ahead of a large run, in parallel:
-
-    python -m lit_janus.data.tar_shards 'laion/{00000..39999}.tar' --workers 32
+every rank of every restart would otherwise repeat. On a cold cache every rank scans every shard: fill
+it ahead of a large run, in parallel, with `python -m lit_janus.data.tar_index` (see there).
 """
 
 from __future__ import annotations
@@ -39,6 +38,10 @@ log = logging.getLogger(__name__)
 IMAGE_TYPES = ("jpg", "jpeg", "png", "webp")
 RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 OPEN_FILES = 64  # shard files kept open per process
+# one shard's index: per sample with an image, its key, image type (an index into IMAGE_TYPES), and each
+# member's data offset and size in the tar (-1 and 0 where the sample has no such member)
+COLUMNS = ("key", "ext", "image", "image_size", "txt", "txt_size", "json", "json_size")
+INDEX_FORMAT = 1  # bump when COLUMNS or their meaning change: older cached indexes are then rescanned
 
 
 def expand_shards(spec: str | list[str]) -> list[Path]:
@@ -79,8 +82,7 @@ def _split_key(name: str) -> tuple[str, str]:
 
 
 def _scan(path: Path) -> dict[str, np.ndarray]:
-    """The index of one shard: per sample with an image, in order, its key, image type (an index into
-    IMAGE_TYPES) and each member's data offset and size (-1 and 0 where the sample has no such member)."""
+    """The index of one shard (`COLUMNS`), its samples in tar order."""
     try:
         tf = tarfile.open(path, "r:")  # plain tar only: compressed members cannot be read by offset
     except tarfile.ReadError as e:
@@ -92,8 +94,7 @@ def _scan(path: Path) -> dict[str, np.ndarray]:
             if member.isfile():
                 key, ext = _split_key(member.name)
                 samples.setdefault(key, {})[ext] = (member.offset_data, member.size)
-    cols: dict[str, list] = {k: [] for k in ("key", "ext", *(f"{m}{c}" for m in ("image", "txt", "json")
-                                                              for c in ("", "_size")))}
+    cols: dict[str, list] = {k: [] for k in COLUMNS}
     for key, parts in samples.items():
         ext = next((e for e in IMAGE_TYPES if e in parts), None)
         if ext is None:
@@ -104,29 +105,31 @@ def _scan(path: Path) -> dict[str, np.ndarray]:
             offset, size = where if where is not None else (-1, 0)
             cols[name].append(offset)
             cols[f"{name}_size"].append(size)
-    return {k: np.asarray(v, dtype=np.bytes_ if k == "key" else np.uint8 if k == "ext" else np.int64)
-            for k, v in cols.items()}
+    dtypes = {"key": np.bytes_, "ext": np.uint8, "image": np.int64, "txt": np.int64, "json": np.int64}
+    return {k: np.asarray(v, dtype=dtypes.get(k, np.int32)) for k, v in cols.items()}  # sizes: int32
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as f:  # a file object: given a name without .npz, numpy would add one
-        np.savez(f, **arrays)
+        np.savez_compressed(f, **arrays)  # ~10x smaller: a 10k-sample shard's index is ~70 KB, not ~600
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     return Path(os.environ.get("LIT_JANUS_CACHE", "~/.cache/lit_janus")).expanduser() / "tar_index"
 
 
 def shard_index(path: Path, cache: Path | None) -> dict[str, np.ndarray]:
-    """`_scan(path)`, read from `cache` when this shard (same path, size and mtime) was scanned before."""
+    """`_scan(path)`, read from `cache` when this shard (same path, size, times and inode) was scanned before."""
     if cache is None:
         return _scan(path)
     st = path.stat()
-    name = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    cached = cache / f"{name}.npz"
+    # what the index says depends on the shard (path, size, times, inode) and on this code (its format)
+    key = f"{INDEX_FORMAT}|{','.join(IMAGE_TYPES)}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    cached = cache / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
     try:
         with np.load(cached, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            if set(z.files) == set(COLUMNS):
+                return {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent or broken: scan again
         pass
     index = _scan(path)
@@ -164,7 +167,7 @@ class WebDatasetSource(Source):
 
     def _build(self) -> dict[str, np.ndarray]:
         if self._index is None:
-            cache = _cache_dir() if self.cache_index else None
+            cache = cache_dir() if self.cache_index else None
             if len(self.shards) > 100:
                 log.info("indexing %d tar shards%s", len(self.shards), f" (cached in {cache})" if cache else "")
             parts = [shard_index(path, cache) for path in self.shards]
@@ -219,28 +222,3 @@ class WebDatasetSource(Source):
         state["_files"], state["_pid"] = OrderedDict(), None  # open files do not pickle (spawned workers)
         return state
 
-
-def _index_one(path: Path) -> int:
-    return len(shard_index(path, _cache_dir())["key"])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Index shards into the cache ahead of training, in parallel: a 10k-sample shard takes ~1 s to scan
-    (measured on one CPU core, headers in the page cache), so 40k LAION shards would keep every rank of a
-    first start busy for hours."""
-    import argparse
-    from multiprocessing import Pool
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("shards", nargs="+", help="directories, globs or brace ranges of .tar shards")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args(argv)
-    shards = expand_shards(args.shards)
-    with Pool(max(1, min(args.workers, len(shards)))) as pool:
-        n = sum(pool.imap_unordered(_index_one, shards, chunksize=4))
-    print(f"{n} samples with an image in {len(shards)} shards; index cached in {_cache_dir()}")
-    return n
-
-
-if __name__ == "__main__":
-    main()

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from lit_janus.batch import IGNORE, Sample
-from lit_janus.data.sources import BadRecord
+from lit_janus.data.sources import BadRecord, has_image
 from lit_janus.processor import JanusProcessor, PromptTooLongError, load_rgb
 from lit_janus.tokenizer import ASSISTANT, USER
 
 # matched case-insensitively: Janus-1.3B's template says "User"/"Assistant", some exports "USER"
 USER_ROLES = {"user", "human", USER.lower()}
 ASSISTANT_ROLES = {"assistant", "gpt", ASSISTANT.lower()}
+SYSTEM_ROLES = {"system"}
 IMAGE_MARKER = re.compile(r"\s*(?:<image>|<image_placeholder>)\s*")  # LLaVA's and DeepSeek's, with their spacing
 
 
@@ -64,7 +65,9 @@ def turns_of(record: dict[str, Any], n_images: int) -> list[tuple[str, str]]:
 
 
 def _pairs(conv: Any) -> list[tuple[Any, Any]]:
-    """(question, answer) contents of a conversation's answered user turns."""
+    """(question, answer) contents of a conversation's answered user turns. Turns before the first user
+    turn are left out: a `system` turn (ShareGPT exports such as OpenHermes and SlimOrca start with one;
+    the system prompt is the processor's) or an assistant greeting (LLaVA's loader skips those too)."""
     if not isinstance(conv, list) or not conv:
         raise BadRecord("conversations must be a non-empty list of turns")
     pairs, question = [], None
@@ -74,6 +77,8 @@ def _pairs(conv: Any) -> list[tuple[Any, Any]]:
         role = turn.get("role", turn.get("from"))
         key = role.lower() if isinstance(role, str) else None
         content = turn.get("content", turn.get("value"))
+        if not pairs and question is None and key in SYSTEM_ROLES | ASSISTANT_ROLES:
+            continue
         if key in USER_ROLES:
             if question is not None:
                 raise BadRecord(f"turn {i}: two user turns in a row")
@@ -84,8 +89,8 @@ def _pairs(conv: Any) -> list[tuple[Any, Any]]:
             pairs.append((question, _text(content, f"answer (turn {i})")))
             question = None
         else:
-            raise BadRecord(f"turn {i}: unsupported role {role!r} (user/assistant; the system prompt is the "
-                            "processor's)")
+            raise BadRecord(f"turn {i}: unsupported role {role!r} (user/assistant, and system before the first "
+                            "user turn; the system prompt is the processor's)")
     if not pairs:
         raise BadRecord("conversation has no answered user turn")
     return pairs
@@ -131,7 +136,7 @@ def conversation_sample(processor: JanusProcessor, images: list, turns: list[tup
 
 def und_sample(processor: JanusProcessor, record: dict[str, Any]) -> Sample:
     images = record.get("images", record.get("image"))
-    if images is None:
+    if images is None or images == "":
         raise BadRecord("understanding record has no image (a text-only conversation is text data: list the "
                         "manifest in both streams, `has_image: true` on the und source, `false` on the text one)")
     images = images if isinstance(images, list) else [images]
@@ -147,7 +152,7 @@ def text_sample(processor: JanusProcessor, record: dict[str, Any], epoch: int = 
     epoch (`JanusProcessor.text_sample`). A conversation without images (`conversations`, or `question` +
     `answer`: ShareGPT-style dialogue, the text-only part of LLaVA's mix): the chat template, answers only."""
     if "text" not in record and ("conversations" in record or "question" in record):
-        if record.get("images", record.get("image")):
+        if has_image(record):
             raise BadRecord("a conversation with an image is understanding data, not text (with one manifest "
                             "for both streams, set `has_image: false` on its text-stream source)")
         return conversation_sample(processor, [], turns_of(record, 0))

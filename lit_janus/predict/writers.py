@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,7 @@ def atomic_write(path: Path, write) -> None:
     """write(tmp_path) then rename over `path`: a killed run never leaves a half-written file under
     the final name (the temp name starts with '.' so scorers globbing for `\\d+.png` skip it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # unique on a shared disk too
     try:
         write(tmp)
         os.replace(tmp, path)

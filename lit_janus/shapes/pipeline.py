@@ -126,10 +126,8 @@ class PipelineSpec:
         # run by running this command again, i.e. N whole pipelines. Refused here, before hours of earlier
         # stages, where the stacked configs say so literally; `Pipeline.fit` checks the built trainer.
         runs = data["stage0"] + data["stages"] + [s for ab in data.get("ablations") or [] for s in ab["stages"]]
-        layouts = [("the pipeline's trainer", _trainer_layout(None, data.get("trainer") or {}, {}))]
-        layouts += [(f"run {s.name!r}", _trainer_layout(p.parent / s.config, data.get("trainer") or {}, s.set))
-                    for s in runs]
-        for who, layout in layouts:
+        for who, layout in [(f"run {s.name!r}", _trainer_layout(p.parent / s.config, data.get("trainer") or {}, s.set))
+                            for s in runs]:
             if any((_device_count(layout.get(k, 1)) or 1) > 1 for k in ("devices", "num_nodes")):
                 raise ValueError(f"{p}: the pipeline trains on one device, but {who} asks for {layout}; run a "
                                  "multi-device stage by hand from its <out>/<stage>/command.txt with --trainer.devices N")
@@ -158,23 +156,29 @@ class PipelineSpec:
             export_stage0=None)
 
 
-def _trainer_layout(config: Path | None, trainer: dict, overrides: dict) -> dict[str, Any]:
+def _trainer_layout(config: Path, trainer: dict, overrides: dict) -> dict[str, Any]:
     """`trainer.devices` / `trainer.num_nodes` as a run would stack them: the stage config (and the files it
     names under `defaults`), then the pipeline's `trainer`, then the run's `set`. A missing config is left
     to the run to report."""
     from lit_janus.cli import expand_defaults
 
+    def pick(tree: Any) -> dict[str, Any]:
+        tree = tree.get("trainer") if isinstance(tree, dict) else None
+        return {k: v for k, v in tree.items() if k in ("devices", "num_nodes")} if isinstance(tree, dict) else {}
+
     layout: dict[str, Any] = {}
     try:
-        parts = expand_defaults(config) if config is not None else []
+        parts = expand_defaults(config)
     except FileNotFoundError:
         parts = []
     for part in parts:
         text = part if "\n" in part else Path(part).read_text()  # a path, or YAML text (always ends in a newline)
-        layout.update({k: v for k, v in ((yaml.safe_load(text) or {}).get("trainer") or {}).items()
-                       if k in ("devices", "num_nodes")})
-    layout.update({k: v for k, v in trainer.items() if k in ("devices", "num_nodes")})
-    layout.update({k.split(".")[-1]: v for k, v in overrides.items() if k in ("trainer.devices", "trainer.num_nodes")})
+        layout.update(pick(yaml.safe_load(text)))
+    layout.update(pick({"trainer": trainer}))
+    nested: dict[str, Any] = {}
+    for k, v in overrides.items():  # dotted keys, as `set` is documented, or a nested `trainer: {...}`
+        _set_dotted(nested, k, v)
+    layout.update(pick(nested))
     return layout
 
 

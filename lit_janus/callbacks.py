@@ -129,11 +129,16 @@ class Checkpoint(ModelCheckpoint):
     data state) under the name it resumes from; a single-file checkpoint it writes to the system temp
     directory and moves, a copy when that is another filesystem. Here the new checkpoint takes the old
     one's name only once complete (`.<name>.partial` until then), so an interrupted save keeps the
-    previous checkpoint."""
+    previous checkpoint. Weights that are not finite (a diverged run) stop the run instead of being saved."""
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         from lit_janus.checkpoint import remove_path, replace_dir
+        from lit_janus.module import stop_if_not_finite
 
+        # a diverged run must not overwrite the last good checkpoint with NaNs (one host sync per save)
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in trainer.lightning_module.parameters()]
+        finite = [torch.isfinite(p).all() for p in local if p.is_floating_point() and p.numel()]
+        stop_if_not_finite(trainer, bool(torch.stack(finite).all()) if finite else True, "a weight about to be saved")
         if "://" in str(filepath):  # object stores (s3://...): no rename there; Lightning's own save
             return super()._save_checkpoint(trainer, filepath)
         dest = Path(filepath)

@@ -56,7 +56,29 @@ def expand_config_args(args: list[str]) -> list[str]:
 
 
 class JanusCLI(LightningCLI):
-    pass
+    # what makes a run the run it is: `--ckpt_path` resumes the same run, and LightningCLI replaces the
+    # parsed model arguments with the checkpoint's, so a different value here would be silently dropped
+    RUN_DEFINING = ("stage", "init_from", "trainable")
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and Path(path).is_file():
+            import torch
+
+            try:
+                ckpt = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+            except Exception as e:  # truncated, not a zip, not torch.save's
+                raise ValueError(f"--ckpt_path {path} is not a readable Lightning checkpoint: {e}") from None
+            saved = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+            ours = (self.config[sub].get("model") or {}).get("init_args") or {}
+            differ = {k: (saved[k], ours.get(k)) for k in self.RUN_DEFINING if k in saved and k in ours
+                      and saved[k] != ours.get(k)}
+            if differ:
+                said = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+                raise ValueError(f"--ckpt_path {path} is another run ({said}): --ckpt_path resumes the same run "
+                                 "(its settings win); start a new stage from it with --model.init_args.init_from")
+        super()._parse_ckpt_path()
 
 
 def _recover_ckpt_path(args: list[str]) -> None:

@@ -10,6 +10,7 @@ arguments with the checkpoint's).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -48,6 +49,23 @@ class LossWeights:
     und: float = 1.0
     text: float = 1.0
     gen: float = 1.0
+
+    def __post_init__(self):
+        weights = dataclasses.asdict(self)
+        if not all(math.isfinite(w) and w >= 0 for w in weights.values()) or not any(weights.values()):
+            raise ValueError(f"loss_weights {weights}: each must be finite and >= 0, and one > 0")
+
+
+def stop_if_not_finite(trainer, finite: bool, what: str) -> None:
+    """Raise on every rank when `what` is not finite on any rank (one raising alone would leave the others
+    waiting in the next collective): a diverged run stops before NaNs reach a checkpoint."""
+    if trainer is not None and trainer.world_size > 1:
+        finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+    if not finite:
+        step = trainer.global_step if trainer is not None else "?"
+        raise FloatingPointError(f"{what} is not finite at step {step} (on at least one rank): stopped, and the last "
+                                 "checkpoint was kept; resume from it with a lower learning rate, or check "
+                                 "loss_weights and the data")
 
 
 class WarmupConstantLR(LambdaLR):
@@ -305,6 +323,8 @@ class JanusModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
+        if self._logs_this_step():  # a host sync: only where logging syncs anyway (Checkpoint checks every save)
+            stop_if_not_finite(self.trainer, bool(torch.isfinite(loss)), f"the training loss ({float(loss)})")
         self._log_throughput(batch)
         return loss
 

@@ -152,3 +152,18 @@ def test_a_trainer_file_stacked_on_a_stage_file_moves_it_and_keeps_its_run(train
     assert c["trainer"]["strategy"] == "auto" and c["trainer"]["devices"] == 1
     assert c["trainer"]["logger"]["init_args"]["name"] == "janus_pro_1b_stage2"
     assert c["model"]["init_args"]["activation_checkpointing"] is (trainer == "gpu")
+
+
+def test_ckpt_path_of_another_run_is_refused(tmp_path):
+    """LightningCLI replaces the parsed model arguments with the checkpoint's: a Stage I checkpoint passed
+    to the Stage II config as --ckpt_path trained stage 1 again, without a word."""
+    import torch
+
+    torch.save({"hyper_parameters": {"stage": 1, "init_from": "runs/init"}}, tmp_path / "stage1.ckpt")
+    args = ["fit", "--config", str(ROOT / "configs/shapes/stage2.yaml"), "--model.init_args.init_from", "runs/init",
+            "--ckpt_path", str(tmp_path / "stage1.ckpt")]
+    with pytest.raises(ValueError, match=r"is another run \(stage 1 there, 2 here\).*init_from"):
+        main(args)
+    (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match="broken.ckpt is not a readable Lightning checkpoint"):
+        main(args[:-1] + [str(tmp_path / "broken.ckpt")])

@@ -379,3 +379,36 @@ def test_a_save_killed_between_its_renames_resumes_from_the_new_checkpoint(tmp_p
     assert seen == [3]  # the complete partial, not the older .old (step 2)
     assert sorted(f.name for f in ckpts.iterdir()) == ["last.ckpt"]
     assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+def test_a_diverged_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, tiny_hf_dir, tiny_processor):
+    """NaN weights are never saved over `last.ckpt`; bad loss weights are a config error."""
+    from lit_janus.callbacks import Checkpoint
+    from lit_janus.module import LossWeights
+
+    for bad in ({"und": float("nan")}, {"und": -1.0}, {"und": 0.0, "text": 0.0, "gen": 0.0}):
+        with pytest.raises(ValueError, match="loss_weights"):
+            LossWeights(**bad)
+
+    module = _module(tiny_hf_dir, stage=2)
+    step = module.on_train_batch_end
+
+    def poison_after_step_2(outputs, batch, batch_idx):  # after the step-2 save: what a blown-up update leaves
+        step(outputs, batch, batch_idx)
+        if module.trainer.global_step == 2:
+            with torch.no_grad():
+                next(module.model.parameters()).fill_(float("nan"))
+
+    module.on_train_batch_end = poison_after_step_2
+    cb = Checkpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0, every_n_train_steps=1)
+    t = _trainer(tmp_path, max_steps=5, callbacks=[cb], enable_checkpointing=True, log_every_n_steps=50)
+    with pytest.raises(FloatingPointError, match="a weight about to be saved is not finite at step 3"):
+        t.fit(module, SyntheticData(tiny_processor))
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2 and all(torch.isfinite(v).all() for v in saved["state_dict"].values()
+                                             if v.is_floating_point())
+    # without a save in between, the loss check of a logging step stops it before the next update
+    module = _module(tiny_hf_dir, stage=2)
+    module.on_train_start = lambda: [p.data.fill_(float("nan")) for p in list(module.model.parameters())[:1]]
+    with pytest.raises(FloatingPointError, match=r"the training loss \(nan\) is not finite at step 0"):
+        _trainer(tmp_path, max_steps=3, log_every_n_steps=1).fit(module, SyntheticData(tiny_processor))

@@ -87,10 +87,17 @@ def test_read_items_reports_unusable_lines_as_bad_items(tmp_path):
     assert "'seed' must be an integer, got bool" in errors[4]
     assert items[5] == {"index": 5, "prompt": "two\u2028lines", "seed": 3} and items[6]["prompt"] == "b"
 
-    (tmp_path / "q.jsonl").write_text('{"image": 3, "question": "q"}\n{"image": ["a.png", "b.png"], "question": "q"}\n')
+    (tmp_path / "q.jsonl").write_text('{"image": 3, "question": "q"}\n{"image": ["a.png", "b.png"], "question": "q"}\n'
+                                      '{"image": "", "question": "q"}\n')
     _, items = read_items(tmp_path / "q.jsonl")
     assert "'image' must be a path or a list of paths, got int" in items[0]["error"]
     assert items[1]["image"] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert "'image' is empty" in items[2]["error"]  # not the file's folder
+    (tmp_path / "latin1.txt").write_bytes("a red circle\nun c\xf4ne\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.txt: line 2 is not UTF-8"):
+        read_items(tmp_path / "latin1.txt")
+    with pytest.raises(IsADirectoryError, match="give the prompts"):
+        read_items(tmp_path)
 
     # a prompts file without a .txt suffix is plain text when its first line is not a JSON object
     (tmp_path / "prompts").write_text("\ufeffa red circle\n{not json\n")
@@ -101,6 +108,9 @@ def test_read_items_reports_unusable_lines_as_bad_items(tmp_path):
 
     from lit_janus.predict import PromptData
 
+    for bad in ({"limit": 0}, {"limit": -1}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            PromptData(str(tmp_path / "prompts"), **bad)
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="holds no prompts"):
         PromptData(str(tmp_path / "empty.txt")).setup("predict")

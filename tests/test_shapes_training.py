@@ -353,9 +353,31 @@ def test_pipeline_files_parse():
             assert (base / st.config).is_file(), (name, st.config)
 
 
+def test_pipeline_file_mistakes_are_reported_before_any_run(tmp_path):
+    """A typo in a later stage was found only after the stages before it had trained (half an hour in)."""
+    from lit_janus.shapes.pipeline import PipelineSpec
+
+    stage1 = ROOT / "configs/shapes/stage1.yaml"
+    cases = {
+        f"stages:\n  - {{name: s, config: {stage1}, max_steps: 1}}\n  - {{name: t, config: stage2_typo.yaml, max_steps: 1}}\n":
+            "run 't': stage config .*stage2_typo.yaml not found",
+        f"stages:\n  - {{name: s, config: {stage1}, max_step: 1}}\n": "run 's': .*max_step.*a run has: name, config",
+        "stages: 3\n": "stage lists are lists of runs",
+        "- a\n- b\n": "a pipeline file is a mapping",
+        "model: {n_layers: 8}\n": r"model: unknown Config field\(s\) \['n_layers'\]",
+        "stages: [\n": "p.yaml is not valid YAML",
+    }
+    for text, error in cases.items():
+        (tmp_path / "p.yaml").write_text("name: x\n" + text if not text.startswith("-") else text)
+        with pytest.raises((ValueError, FileNotFoundError), match=error):
+            PipelineSpec.load(tmp_path / "p.yaml")
+
+
 def test_pipeline_refuses_repeated_run_names(tmp_path):
     from lit_janus.shapes.pipeline import PipelineSpec
 
+    (tmp_path / "a.yaml").write_text("")
+    (tmp_path / "b.yaml").write_text("")
     (tmp_path / "p.yaml").write_text("name: x\nstages:\n  - {name: stage2, config: a.yaml, max_steps: 1}\n"
                                      "  - {name: stage2, config: b.yaml, max_steps: 1}\n")
     with pytest.raises(ValueError, match=r"run names must be unique .*\['stage2'\]"):
@@ -378,6 +400,7 @@ def test_pipeline_refuses_more_than_one_device(tmp_path):
                                       "set: {trainer: {devices: 2}}}\n")
     with pytest.raises(ValueError, match="trains on one device"):
         PipelineSpec.load(tmp_path / "p2.yaml")
+    (tmp_path / "a.yaml").write_text("")
     (tmp_path / "q.yaml").write_text("name: x\nstages:\n  - {name: s, config: a.yaml, max_steps: 1, "
                                      "set: {trainer.num_nodes: 2}}\n")
     with pytest.raises(ValueError, match="trains on one device"):

@@ -20,9 +20,17 @@ def read_items(path: str | Path, format: str = "auto") -> tuple[str, list[dict]]
     otherwise each line is a JSON object. Lines end at "\\n" (or "\\r\\n") only: JSON strings may
     hold U+2028 and other characters Python's `splitlines` would also break at."""
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a directory: give the prompts / questions file itself")
     if not p.is_file():
         raise FileNotFoundError(f"input file not found: {p}")
-    lines = split_lines(p.read_text(encoding="utf-8-sig"))  # -sig: Windows editors start with a BOM
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # -sig: Windows editors start with a BOM
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{p}: line {line} is not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8") from None
+    lines = split_lines(text)
     plain = p.suffix.lower() == ".txt" or (p.suffix.lower() not in _JSON_SUFFIXES and _first_object(lines) is None)
     if plain:
         if format not in ("auto", "prompts"):
@@ -81,6 +89,8 @@ def _item(i: int, obj: dict, format: str, folder: Path) -> dict:
         images = _field(obj, "image", (str, list), "a path or a list of paths")
         if isinstance(images, list) and not all(isinstance(x, str) for x in images):
             raise ValueError("'image' must be a path or a list of paths")
+        if not images or (isinstance(images, list) and "" in images):  # "" would resolve to the file's folder
+            raise ValueError("'image' is empty: give an image path")
         # relative to the JSONL's folder
         resolve = lambda x: x if Path(x).is_absolute() else str(folder / x)  # noqa: E731
         item["image"] = [resolve(x) for x in images] if isinstance(images, list) else resolve(images)
@@ -138,6 +148,8 @@ class PromptData(L.LightningDataModule):
     def __init__(self, path: str, format: Literal["auto", "prompts", "geneval", "vqa"] = "auto",
                  batch_size: int = 4, limit: int | None = None, num_workers: int = 0):
         super().__init__()
+        if batch_size < 1 or (limit is not None and limit < 1):
+            raise ValueError(f"batch_size ({batch_size}) and limit ({limit}) must be >= 1 (limit: null for all items)")
         self.path, self.format, self.batch_size, self.limit = path, format, batch_size, limit
         self.num_workers = num_workers
         self.items: list[dict] = []

@@ -107,10 +107,28 @@ class PipelineSpec:
     @classmethod
     def load(cls, path: str | Path) -> tuple["PipelineSpec", Path]:
         p = Path(path)
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: a pipeline file is a mapping (name, stage0, stages, ...), not a {type(data).__name__}")
 
         def stages(items):
-            return [StageSpec(**s) for s in items or []]
+            if items is not None and not isinstance(items, list):
+                raise ValueError(f"{p}: stage lists are lists of runs ({{name, config, max_steps, ...}}), got {items!r}")
+            out = []
+            for s in items or []:
+                try:
+                    out.append(StageSpec(**s))
+                except TypeError as e:  # a misspelt or missing key
+                    fields = ", ".join(f.name for f in dataclasses.fields(StageSpec))
+                    raise ValueError(f"{p}: run {s.get('name') if isinstance(s, dict) else s!r}: {e} (a run has: "
+                                     f"{fields})") from None
+                if not (p.parent / out[-1].config).is_file():  # found now, not after the stages before it
+                    raise FileNotFoundError(f"{p}: run {out[-1].name!r}: stage config {p.parent / out[-1].config} "
+                                            "not found (paths are relative to the pipeline file)")
+            return out
 
         data["stage0"] = stages(data.get("stage0"))
         data["stages"] = stages(data.get("stages"))
@@ -122,6 +140,13 @@ class PipelineSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{p}: unknown pipeline keys {sorted(unknown)}")
+        from lit_janus.config import Config
+
+        for where, model in [("model", data.get("model") or {})] + [
+                (f"ablation {ab.get('name')!r} model", ab.get("model") or {}) for ab in data.get("ablations") or []]:
+            bad = sorted(set(model) - {f.name for f in dataclasses.fields(Config)})
+            if bad:
+                raise ValueError(f"{p}: {where}: unknown Config field(s) {bad}")
         # each run is a `fit` inside this process; Lightning would start the other ranks of a multi-device
         # run by running this command again, i.e. N whole pipelines. Refused here, before hours of earlier
         # stages, where the stacked configs say so literally; `Pipeline.fit` checks the built trainer.
@@ -158,8 +183,7 @@ class PipelineSpec:
 
 def _trainer_layout(config: Path, trainer: dict, overrides: dict) -> dict[str, Any]:
     """`trainer.devices` / `trainer.num_nodes` as a run would stack them: the stage config (and the files it
-    names under `defaults`), then the pipeline's `trainer`, then the run's `set`. A missing config is left
-    to the run to report."""
+    names under `defaults`), then the pipeline's `trainer`, then the run's `set`."""
     from lit_janus.cli import expand_defaults
 
     def pick(tree: Any) -> dict[str, Any]:
@@ -167,11 +191,7 @@ def _trainer_layout(config: Path, trainer: dict, overrides: dict) -> dict[str, A
         return {k: v for k, v in tree.items() if k in ("devices", "num_nodes")} if isinstance(tree, dict) else {}
 
     layout: dict[str, Any] = {}
-    try:
-        parts = expand_defaults(config)
-    except FileNotFoundError:
-        parts = []
-    for part in parts:
+    for part in expand_defaults(config):
         text = part if "\n" in part else Path(part).read_text()  # a path, or YAML text (always ends in a newline)
         layout.update(pick(yaml.safe_load(text)))
     layout.update(pick({"trainer": trainer}))

@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -610,6 +611,10 @@ def _is_sharded_lightning(p: Path) -> bool:
 def _lightning_checkpoint(p: Path) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """(lit_janus metadata, state dict or None) of a Lightning checkpoint file or sharded directory."""
     f = p / "meta.pt" if _is_sharded_lightning(p) else p
+    if f.is_file() and not zipfile.is_zipfile(f):  # torch.save's format is a zip archive
+        hint = (f"; {f.suffix} is a weights file: pass its directory (with config.json)"
+                if f.suffix in (".safetensors", ".bin") else "")
+        raise CheckpointError(f"{f} is not a Lightning checkpoint (not a torch.save zip archive){hint}")
     try:
         ckpt = torch.load(f, map_location="cpu", weights_only=True, mmap=f is p)
     except Exception as e:

@@ -80,6 +80,18 @@ class JanusCLI(LightningCLI):
                                  "(its settings win); start a new stage from it with --model.init_args.init_from")
         super()._parse_ckpt_path()
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            # jsonargparse reports a model or data module whose __init__ raised as "Does not validate against
+            # any of the Union subtypes" over a dump of the config; the error it wraps says what to fix
+            cause = e.__cause__ or e.__context__
+            if "Does not validate against any of the Union subtypes" in str(e) and cause is not None and not (
+                    type(cause).__module__.startswith("jsonargparse")):
+                raise cause from None
+            raise
+
 
 def _recover_ckpt_path(args: list[str]) -> None:
     """A `--ckpt_path` whose save was killed between its two renames (`lit_janus.callbacks.Checkpoint`) is

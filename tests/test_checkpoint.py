@@ -69,6 +69,11 @@ def test_neither_layout(tmp_path, tiny_hf_dir):
         load_pretrained(d)
     with pytest.raises(CheckpointError, match="neither a pretrained directory"):
         load_any(tmp_path / "empty")
+    (tmp_path / "garbage.ckpt").write_bytes(b"\x80\x04 a pickle, or anything but torch.save's zip")
+    with pytest.raises(CheckpointError, match="garbage.ckpt is not a Lightning checkpoint"):
+        load_any(tmp_path / "garbage.ckpt")
+    with pytest.raises(CheckpointError, match="pass its directory"):
+        load_any(next(d.glob("*.safetensors")))
 
 
 def test_no_tokenizer(tmp_path, tiny_hf_dir):

@@ -167,3 +167,15 @@ def test_ckpt_path_of_another_run_is_refused(tmp_path):
     (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ValueError, match="broken.ckpt is not a readable Lightning checkpoint"):
         main(args[:-1] + [str(tmp_path / "broken.ckpt")])
+
+
+def test_an_error_building_the_model_is_the_last_line(tmp_path):
+    """jsonargparse wraps what the model's __init__ raised in 'Does not validate against any of the Union
+    subtypes' and a config dump; the CLI raises the error that says what to fix."""
+    from lit_janus.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        main(["fit", "--config", str(ROOT / "configs/shapes/stage2.yaml"), "--model.init_args.init_from",
+              str(tmp_path / "nope")])
+    with pytest.raises(ValueError, match="stage must be 1, 2 or 3, got 4"):
+        main(["fit", "--config", str(ROOT / "configs/shapes/stage2.yaml"), "--model.init_args.stage", "4"])

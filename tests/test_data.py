@@ -434,6 +434,8 @@ def test_task_batch_sizes():
     assert task_batch_sizes(128, TaskRatio(5, 1, 4), round_ratio=True) == {"und": [64], "text": [13], "t2i": [51]}
     with pytest.raises(ValueError, match="does not split over world_size 2 x accumulate_grad_batches 1"):
         task_batch_sizes(41, TaskRatio(), world_size=2)
+    with pytest.raises(ValueError, match="global_batch_size must be >= 1"):
+        task_batch_sizes(0, TaskRatio())
     with pytest.raises(ValueError, match="at least one positive"):
         task_batch_sizes(8, TaskRatio(0, 0, 0))
     with pytest.raises(ValueError, match="would get none"):
@@ -744,6 +746,9 @@ def test_litdata_round_trip(tmp_path, tiny_processor):
     records += [{"codes": "codes.npy", "codes_row": row, "caption": "c"} for row in (1, 2)]  # these (row 2: none)
     records.append({"images": ["img/0.png", "img/1.png"], "question": "q", "answer": "two"})
     manifest = write_jsonl(tmp_path / "m.jsonl", records)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl holds no records"):
+        optimize_main([str(tmp_path / "empty.jsonl"), str(tmp_path / "lit_empty")])
     start_method = multiprocessing.get_start_method()
     optimize_main([str(manifest), str(tmp_path / "lit"), "--num-workers", "0"])
     assert multiprocessing.get_start_method() == start_method  # litdata sets spawn; later DataLoaders keep ours

@@ -108,6 +108,11 @@ def test_read_items_reports_unusable_lines_as_bad_items(tmp_path):
 
     from lit_janus.predict import PromptData
 
+    from lit_janus.predict.writers import ImageWriter
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="a_file is a file: name a directory"):
+        ImageWriter(str(tmp_path / "a_file"))
     for bad in ({"limit": 0}, {"limit": -1}, {"batch_size": 0}):
         with pytest.raises(ValueError, match="must be >= 1"):
             PromptData(str(tmp_path / "prompts"), **bad)

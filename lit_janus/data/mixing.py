@@ -62,7 +62,9 @@ def task_batch_sizes(
         raise ValueError(f"ratio needs non-negative values and at least one positive task, got "
                          f"{ratio_str} (und:text:t2i)")
     micro = world_size * accumulate_grad_batches
-    if global_batch_size < 1 or global_batch_size % micro:
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be >= 1 (samples per optimizer step), got {global_batch_size}")
+    if global_batch_size % micro:
         raise ValueError(
             f"global_batch_size {global_batch_size} does not split over world_size {world_size} x "
             f"accumulate_grad_batches {accumulate_grad_batches} = {micro} micro-batches; use a multiple of {micro}"

@@ -75,6 +75,8 @@ def optimize_source(source: Source, output_dir: str, num_workers: int = 1, chunk
 
     from litdata import StreamingDataset, optimize
 
+    if not len(source):
+        raise ValueError(f"{source.locate(0).rsplit(',', 1)[0]} holds no records: nothing to convert")
     start_method = multiprocessing.get_start_method(allow_none=True)
     try:
         optimize(fn=functools.partial(item, source=source), inputs=list(range(len(source))), output_dir=output_dir,

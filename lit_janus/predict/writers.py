@@ -108,6 +108,8 @@ class _Writer(BasePredictionWriter):
     def __init__(self, output_dir: str):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"output_dir {self.output_dir} is a file: name a directory (new or of this run)")
         self.done: dict[int, dict] = {}
         self.counts = {"written": 0, "skipped": 0, "failed": 0}
 

@@ -324,7 +324,8 @@ class JanusModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
         if self._logs_this_step():  # a host sync: only where logging syncs anyway (Checkpoint checks every save)
-            stop_if_not_finite(self.trainer, bool(torch.isfinite(loss)), f"the training loss ({float(loss)})")
+            finite = bool(torch.isfinite(loss))
+            stop_if_not_finite(self.trainer, finite, "the training loss" + ("" if finite else f" ({float(loss)})"))
         self._log_throughput(batch)
         return loss
 

@@ -9,7 +9,7 @@ source: the exact per-step task ratio, disjoint ranks and exact resume of `lit_j
 hold. Local (or mounted) shards only; for object stores, convert to litdata (`lit_janus.data.optimize`).
 
 Each shard's index is cached (`$LIT_JANUS_CACHE/tar_index`, default `~/.cache/lit_janus`), keyed by the
-shard's path, size and modification time: scanning 10k-sample shards means ~30k header reads each, which
+shard's path, size, times and inode and the index format: scanning 10k-sample shards means ~30k header reads each, which
 every rank of every restart would otherwise repeat. On a cold cache every rank scans every shard: fill
 it ahead of a large run, in parallel, with `python -m lit_janus.data.tar_index` (see there).
 """
@@ -221,4 +221,3 @@ class WebDatasetSource(Source):
         state = dict(self.__dict__)
         state["_files"], state["_pid"] = OrderedDict(), None  # open files do not pickle (spawned workers)
         return state
-

@@ -32,6 +32,7 @@ class Sample:
     task: str
     pixel_values: torch.Tensor | None = None  # [n_images, 3, S, S] for understanding
     gen_pixels: torch.Tensor | None = None  # [3, S, S] in [-1, 1]: a t2i target still to be VQ-encoded
+    turns_cut: int = 0  # conversation turns left out because they did not fit the context
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())

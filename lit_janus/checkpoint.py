@@ -339,6 +339,11 @@ def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = Non
            for k, v in expected.items() if tuple(sd[k].shape) != tuple(v.shape)]
     if bad:
         raise CheckpointError(f"{source} has {len(bad)} shape mismatch(es): " + "; ".join(bad[:6]))
+    bad = [f"{k} ({sd[k].dtype})" for k, v in expected.items()
+           if v.is_floating_point() and not sd[k].is_floating_point()]
+    if bad:
+        raise CheckpointError(f"{source} holds {len(bad)} weight(s) that are not floating point, where the model "
+                              f"has weights: {', '.join(bad[:6])}; was it quantised or written by another tool?")
     model.janus.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
                                 strict=True, assign=True)
     init_nonpersistent_buffers(model)

@@ -307,7 +307,7 @@ class JanusModule(L.LightningModule):
                 self.log(f"{split}/{task}_acc", out[f"{task}_correct"].float() / n, on_step=on_step,
                          on_epoch=not on_step, batch_size=n, sync_dist=not on_step)
         for key, value in batch.items():
-            if key.startswith("skipped_") or key == "cfg_dropped":
+            if key.startswith(("skipped_", "turns_cut_")) or key == "cfg_dropped":
                 tag = f"data/{key}" if on_step else f"{split}_data/{key}"  # validation's own tags: not one zig-zag
                 self.log(tag, value.float().sum(), on_step=on_step, on_epoch=not on_step, reduce_fx="sum", batch_size=1)
         return loss

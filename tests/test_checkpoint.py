@@ -120,6 +120,12 @@ def test_shape_mismatch_and_unknown_keys(tmp_path, tiny_hf_dir):
     save_file(sd, str(d / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"missing 1 key\(s\) \['model.aligner.fc1.bias'\].*model.extra.weight"):
         load_pretrained(d)
+    sd = load_file(str(tiny_hf_dir / "model.safetensors"))  # integer weights of the right shape (quantised?)
+    sd["model.aligner.fc1.weight"] = sd["model.aligner.fc1.weight"].to(torch.int32)
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"1 weight\(s\) that are not floating point.*model.aligner.fc1.weight "
+                                              r"\(torch.int32\)"):
+        load_pretrained(d)
 
 
 def test_bin_checkpoints_load_with_weights_only(tmp_path, tiny_hf_dir, tiny_model):

@@ -2,6 +2,7 @@
 class folders, ShapesWorld and litdata sources (lit_janus.data)."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -261,6 +262,8 @@ def test_a_mixed_manifest_splits_between_the_und_and_text_streams(tmp_path, tiny
         text = JsonlSource(str(tmp_path / name), root=str(tmp_path / "images"), has_image=False)
         assert len(und) == 1 + (name == "mix.jsonl") and und[0]["id"] == "1" and [text[i]["id"] for i in range(3)] == ["2", "3", "4"]
         assert len(und) + len(text) == len(JsonlSource(str(tmp_path / name))) + (name == "mix.jsonl")  # bad line in both
+        # messages name the record's line in the file (or its place in the array), not its index after filtering
+        assert text.locate(2).endswith(f"{name}, {'line' if name == 'mix.jsonl' else 'record'} 4")
     chat = to_sample("text", p, text[0])
     assert chat.task == "text" and chat.pixel_values is None and not chat.image_mask.any()
     assert p.tokenizer.decode(chat.input_ids.tolist()).endswith(
@@ -334,7 +337,7 @@ def test_bad_und_records_are_skipped_and_counted_or_raise_when_strict(tmp_path, 
     batch = next(iter(TaskStream("und", [src], tiny_processor, 1, shuffle=False)))  # position 0 is the bad one
     assert batch.skipped >= 1 and len(batch.samples) == 1
     assert supervised_text(tiny_processor, batch.samples[0]) == " green" + tiny_processor.tokenizer.eos_token
-    with pytest.raises(BadSampleError, match="m.jsonl, record 0"):
+    with pytest.raises(BadSampleError, match="m.jsonl, line 1"):
         next(iter(TaskStream("und", [src], tiny_processor, 1, shuffle=False, strict=True)))
 
 
@@ -406,15 +409,40 @@ def test_image_markers_are_dropped_and_name_each_image_once(tiny_processor):
         + "<|User|>: and here?\n\n<|Assistant|>: three" + p.tokenizer.eos_token)
 
 
-def test_a_supervised_answer_is_never_truncated(tiny_processor):
+def test_a_long_conversation_is_cut_at_a_turn_boundary_and_no_answer_is_truncated(tmp_path, tiny_processor):
+    """ShareGPT-style dialogues are often longer than the context: the leading turns that fit are kept
+    (never part of an answer) and the turns left out are counted, through the stream to the batch."""
     from lit_janus.processor import PromptTooLongError
 
+    p, img = tiny_processor, Image.new("RGB", (8, 8))
     long_answer = "three " * 400  # the tiny processor's context is 512
-    with pytest.raises(PromptTooLongError):
-        to_sample("und", tiny_processor, {"image": Image.new("RGB", (8, 8)), "question": "q", "answer": long_answer})
-    turns = [{"role": r, "content": "three " * 25} for _ in range(4) for r in ("user", "assistant")]
-    with pytest.raises(PromptTooLongError, match="conversation of 4 turns"):
-        to_sample("und", tiny_processor, {"image": Image.new("RGB", (8, 8)), "conversations": turns})
+    with pytest.raises(PromptTooLongError):  # not even the first turn fits
+        to_sample("und", p, {"image": img, "question": "q", "answer": long_answer})
+    with pytest.raises(PromptTooLongError, match="first turn"):
+        to_sample("text", p, {"conversations": [{"role": "user", "content": "q"},
+                                                {"role": "assistant", "content": long_answer}]})
+    answers = [f"answer{i} " + "three " * 25 for i in range(6)]
+    turns = [t for a in answers for t in ({"role": "user", "content": "how many?"}, {"role": "assistant", "content": a})]
+    for task, record in (("und", {"image": img, "conversations": turns}), ("text", {"conversations": turns})):
+        prefixes = [to_sample(task, p, {**record, "conversations": turns[:2 * k]}) for k in range(1, 7)]
+        fit = sum(s.turns_cut == 0 for s in prefixes)  # the longest prefix of whole turns that fits
+        assert 2 <= fit < 6 and all(s.turns_cut == 0 for s in prefixes[:fit])
+        assert len(prefixes[fit - 1]) <= p.max_length < len(prefixes[fit - 1]) + 2 * len(p.encode(answers[fit]))
+        cut = to_sample(task, p, record)
+        assert cut.turns_cut == 6 - fit and len(cut) == len(prefixes[fit - 1])
+        assert torch.equal(cut.input_ids, prefixes[fit - 1].input_ids)
+        assert torch.equal(cut.text_labels, prefixes[fit - 1].text_labels)
+        supervised = supervised_text(p, cut)  # every kept answer whole, with its <eos>
+        assert supervised.count(p.tokenizer.eos_token) == fit and f"answer{fit - 1}" in supervised
+        assert supervised.count("three") == 25 * fit and f"answer{fit}" not in supervised
+    # the stream counts the turns left out; the merged batch carries them for `data/turns_cut_text`
+    write_jsonl(tmp_path / "chat.jsonl", [{"conversations": turns}] * 3)
+    batch = next(iter(TaskStream("text", [JsonlSource(str(tmp_path / "chat.jsonl"))], p, 2, shuffle=False)))
+    assert batch.skipped == 0 and batch.turns_cut == 2 * cut.turns_cut > 0
+    batch = pickle.loads(pickle.dumps(batch))  # DataLoader workers send it to the main process
+    assert batch.turns_cut == 2 * cut.turns_cut
+    merged = merge({"text": batch}, p.pad_id, pack_length=p.max_length)
+    assert int(merged["turns_cut_text"]) == 2 * cut.turns_cut and int(merged["turns_cut_und"]) == 0
 
 
 # ---- ratio arithmetic ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ The batch the LightningModule receives (all tensors; see `lit_janus.batch` for t
                    pre-extracted codes): `batch = lit_janus.batch.fill_codes(batch, model.encode_images(gen_pixels))`
     samples_und, samples_text, samples_t2i   samples of each task in this step (0-dim long)
     skipped_und, skipped_text, skipped_t2i   bad records skipped (and replaced) to fill this step
+    turns_cut_und, turns_cut_text, turns_cut_t2i   conversation turns left out: beyond the context
     cfg_dropped    t2i samples that got the unconditional prompt (classifier-free guidance)
     num_tokens     non-padding tokens in the batch (for throughput)
 """
@@ -106,8 +107,9 @@ class JanusDataModule(L.LightningDataModule):
                 exactly (otherwise that is an error naming the batch sizes that would divide).
             image_size: image side for both pathways (384 for Janus-Pro, 64 for ShapesWorld).
             num_image_tokens: tokens per image in both pathways (576 for Janus-Pro, 64 for ShapesWorld).
-            max_length: context length; longer samples are skipped and counted, never truncated (pure-text
-                documents excepted: one max_length window of them per epoch).
+            max_length: context length; longer samples are skipped and counted, never truncated, with two
+                exceptions: a long conversation keeps its leading turns that fit (`data/turns_cut_*`
+                counts the rest), and a pure-text document gives one max_length window per epoch.
             pack_length: pack each step's samples first-fit into rows of this many tokens (4096 for
                 Janus-Pro; documents stay apart through restarted position ids); None pads per row.
             cfg_dropout: fraction of t2i samples trained with the unconditional prompt (CFG).

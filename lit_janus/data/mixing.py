@@ -128,13 +128,15 @@ def merge(parts: Mapping[str, TaskBatch | None], pad_id: int,
           pack_length: int | None = None) -> dict[str, torch.Tensor]:
     """One collated batch (`lit_janus.batch.collate`, optionally packed) from one step's task batches,
     plus 0-dim counts for logging: `samples_{task}`, `skipped_{task}` (bad records replaced),
-    `cfg_dropped` (t2i samples with the unconditional prompt) and `num_tokens` (non-padding tokens)."""
+    `turns_cut_{task}` (conversation turns beyond the context), `cfg_dropped` (t2i samples with the
+    unconditional prompt) and `num_tokens` (non-padding tokens)."""
     samples, counts = [], {}
     for task in TASKS:  # fixed task order: und, text, t2i
         part = parts.get(task)
         samples += part.samples if part is not None else []
         counts[f"samples_{task}"] = len(part.samples) if part is not None else 0
         counts[f"skipped_{task}"] = part.skipped if part is not None else 0
+        counts[f"turns_cut_{task}"] = part.turns_cut if part is not None else 0
     counts["cfg_dropped"] = parts["t2i"].cfg_dropped if parts.get("t2i") is not None else 0
     counts["num_tokens"] = sum(len(s) for s in samples)
     batch = collate(samples, pad_id, pack_length)

@@ -101,19 +101,25 @@ def has_image(record: Any) -> bool:
     return isinstance(record, dict) and bool(record.get("images", record.get("image")))
 
 
-def _json_array_lines(path: Path, keep=lambda record: True) -> tuple[np.ndarray, np.ndarray]:
-    """A JSON array file as one byte buffer of compact JSON lines and their n + 1 boundaries: the same
-    per-record lookup as a JSONL file, with no Python object per record left to copy into workers."""
+def _small_ints(values: list[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int32 if not values or values[-1] < 2**31 else np.int64)
+
+
+def _json_array_lines(path: Path, keep=lambda record: True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A JSON array file as one byte buffer of compact JSON lines, their n + 1 boundaries and each kept
+    record's 1-based position in the array: the same per-record lookup as a JSONL file, with no Python
+    object per record left to copy into workers."""
     with open(path, "rb") as f:
         try:
             records = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} starts like a JSON array but does not parse: {e}") from None
-    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() for r in records if keep(r)]
+    kept = [i for i, r in enumerate(records, 1) if keep(r)]
+    lines = [json.dumps(records[i - 1], ensure_ascii=False, separators=(",", ":")).encode() for i in kept]
     del records
     bounds = np.zeros(len(lines) + 1, dtype=np.int64)
     np.cumsum([len(line) for line in lines], out=bounds[1:])
-    return np.frombuffer(b"".join(lines), dtype=np.uint8), bounds
+    return np.frombuffer(b"".join(lines), dtype=np.uint8), bounds, _small_ints(kept)
 
 
 class JsonlSource(Source):
@@ -142,6 +148,7 @@ class JsonlSource(Source):
         self.has_image = has_image
         self._offsets: np.ndarray | None = None
         self._lines: np.ndarray | None = None  # a JSON array's records as JSON lines; _offsets then has n + 1
+        self._numbers: np.ndarray | None = None  # each record's line (JSONL) or array position, for messages
         self._file = None
         self._pid = None
 
@@ -150,15 +157,16 @@ class JsonlSource(Source):
             if not self.path.is_file():
                 raise FileNotFoundError(f"manifest not found: {self.path}")
             if _is_json_array(self.path):
-                self._lines, self._offsets = _json_array_lines(self.path, self._keep)
+                self._lines, self._offsets, self._numbers = _json_array_lines(self.path, self._keep)
                 return self._offsets
-            offsets, at = [], 0
+            offsets, numbers, at = [], [], 0
             with open(self.path, "rb") as f:
-                for line in f:
+                for number, line in enumerate(f, 1):
                     if line.strip() and (self.has_image is None or self._keep_line(line)):
                         offsets.append(at)
+                        numbers.append(number)
                     at += len(line)
-            self._offsets = np.asarray(offsets, dtype=np.int64)
+            self._offsets, self._numbers = np.asarray(offsets, dtype=np.int64), _small_ints(numbers)
         return self._offsets
 
     def _keep(self, record: Any) -> bool:
@@ -198,7 +206,10 @@ class JsonlSource(Source):
         return resolve_paths(record, self.root)
 
     def locate(self, index: int) -> str:
-        return f"{self.path}, record {index}"
+        numbers = self._numbers
+        if numbers is None or not 0 <= index < len(numbers):
+            return f"{self.path}, record {index}"
+        return f"{self.path}, {'record' if self._lines is not None else 'line'} {numbers[index]}"
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -2,8 +2,9 @@
 
 Every problem with a record raises (`BadRecord`, `PromptTooLongError`, or the OSError/ValueError of
 an unreadable image): the stream decides whether to skip and count it or to stop (`strict`).
-Nothing is truncated: a conversation that does not fit the context is rejected whole. Pure text is the
-exception: a document longer than the context is read one context-long window per epoch.
+No answer is truncated: a conversation longer than the context keeps the leading turns that fit (cut at a
+turn boundary; rejected if not even its first turn fits). A pure-text document longer than the context is
+read one context-long window per epoch.
 """
 
 from __future__ import annotations
@@ -98,9 +99,11 @@ def _pairs(conv: Any) -> list[tuple[Any, Any]]:
 
 def conversation_sample(processor: JanusProcessor, images: list, turns: list[tuple[str, str]]) -> Sample:
     """Understanding sample with every assistant turn supervised, in DeepSeek's multi-turn layout
-    `... <|Assistant|>: A1<eos><|User|>: Q2\n\n<|Assistant|>: A2<eos>`. Raises PromptTooLongError
-    if the whole conversation does not fit (never truncates an answer). Without images it is a text-only
-    chat in the same template (system prompt included), a `text` sample supervised on its answers."""
+    `... <|Assistant|>: A1<eos><|User|>: Q2\n\n<|Assistant|>: A2<eos>`. A conversation longer than the
+    context keeps its leading turns that fit, cut at a turn boundary (`Sample.turns_cut` counts the
+    turns left out; an answer is never truncated); raises PromptTooLongError if not even the first turn
+    fits. Without images it is a text-only chat in the same template (system prompt included), a `text`
+    sample supervised on its answers."""
     ids: list[int] = []
     labels: list[int] = []
 
@@ -120,17 +123,23 @@ def conversation_sample(processor: JanusProcessor, images: list, turns: list[tup
     else:
         add_turn(processor.understanding_ids(turns[0][0], n_images=0), turns[0][1])
         pixels = None
-    for question, answer in turns[1:]:
-        add_turn(processor.encode(f"{USER}: {question}\n\n{ASSISTANT}:"), answer)
     if len(ids) > processor.max_length:
-        raise PromptTooLongError(f"conversation of {len(turns)} turns is {len(ids)} tokens; the context is "
+        raise PromptTooLongError(f"the first turn of this conversation is {len(ids)} tokens; the context is "
                                  f"{processor.max_length}")
+    kept = 1
+    for question, answer in turns[1:]:
+        end = len(ids)
+        add_turn(processor.encode(f"{USER}: {question}\n\n{ASSISTANT}:"), answer)
+        if len(ids) > processor.max_length:  # this turn and the rest do not fit: end before it
+            del ids[end:], labels[end:]
+            break
+        kept += 1
     processor.check_image_slots(ids, len(images))  # a placeholder token in a later turn or an answer
     t = torch.tensor(ids)
     return Sample(
         input_ids=t, text_labels=torch.tensor(labels), gen_labels=torch.full_like(t, IGNORE),
         gen_mask=torch.zeros_like(t, dtype=torch.bool), image_mask=t == processor.image_id,
-        task="und" if images else "text", pixel_values=pixels,
+        task="und" if images else "text", pixel_values=pixels, turns_cut=len(turns) - kept,
     )
 
 

@@ -74,7 +74,7 @@ class TaskBatch:
     tensor crossing a process boundary costs a file descriptor while in flight, and a few loaders x
     workers x prefetched steps of per-sample tensors can exhaust the open-file limit."""
 
-    __slots__ = ("task", "samples", "skipped", "cfg_dropped", "turns_cut", "position")
+    __slots__ = ("task", "samples", "skipped", "cfg_dropped", "position")
     FIELDS = ("input_ids", "text_labels", "gen_labels", "gen_mask", "image_mask")
 
     def __init__(self, task: str, samples: list[Sample] | None = None, skipped: int = 0, cfg_dropped: int = 0,
@@ -83,8 +83,12 @@ class TaskBatch:
         self.samples = samples if samples is not None else []
         self.skipped = skipped  # bad records replaced while filling this step
         self.cfg_dropped = cfg_dropped  # t2i samples given the unconditional (CFG) prompt
-        self.turns_cut = sum(s.turns_cut for s in self.samples)  # conversation turns beyond the context
         self.position = position  # litdata: (shard, records read from it after this step); else None
+
+    @property
+    def turns_cut(self) -> int:
+        """Conversation turns left out of this step's samples because they did not fit the context."""
+        return sum(s.turns_cut for s in self.samples)
 
     def __repr__(self) -> str:
         return (f"TaskBatch({self.task!r}, {len(self.samples)} samples, skipped={self.skipped}, "
@@ -92,9 +96,8 @@ class TaskBatch:
 
     def __getstate__(self) -> dict[str, Any]:
         s = self.samples
-        state = {"task": self.task, "skipped": self.skipped, "cfg_dropped": self.cfg_dropped,
-                 "turns_cut": self.turns_cut, "position": self.position,
-                 "tasks": [x.task for x in s], "lengths": [len(x) for x in s],
+        state = {"task": self.task, "skipped": self.skipped, "cfg_dropped": self.cfg_dropped, "position": self.position,
+                 "tasks": [x.task for x in s], "lengths": [len(x) for x in s], "turns_cut": [x.turns_cut for x in s],
                  "n_images": [0 if x.pixel_values is None else x.pixel_values.shape[0] for x in s],
                  "has_gen": [x.gen_pixels is not None for x in s]}
         if s:
@@ -107,7 +110,6 @@ class TaskBatch:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.task, self.skipped, self.cfg_dropped = state["task"], state["skipped"], state["cfg_dropped"]
-        self.turns_cut = state["turns_cut"]
         self.position = state["position"]
         n = len(state["lengths"])
         fields = {f: state[f].split(state["lengths"]) for f in self.FIELDS} if n else {}
@@ -115,7 +117,7 @@ class TaskBatch:
             else iter(())
         gen = iter(state["gen_pixels"]) if "gen_pixels" in state else iter(())
         self.samples = [
-            Sample(**{f: fields[f][i] for f in self.FIELDS}, task=state["tasks"][i],
+            Sample(**{f: fields[f][i] for f in self.FIELDS}, task=state["tasks"][i], turns_cut=state["turns_cut"][i],
                    pixel_values=next(images) if state["n_images"][i] else None,
                    gen_pixels=next(gen) if state["has_gen"][i] else None)
             for i in range(n)
@@ -243,7 +245,6 @@ class TaskStream(IterableDataset):
             out.samples.append(sample)
             out.skipped += skipped
             out.cfg_dropped += dropped
-            out.turns_cut += sample.turns_cut
         return out
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -317,7 +318,6 @@ class TaskStream(IterableDataset):
                         drop = self._drop(epoch, key)
                         out.samples.append(to_sample(self.task, self.processor, record, drop, epoch))
                         out.cfg_dropped += drop
-                        out.turns_cut += out.samples[-1].turns_cut
                         break
                     except RECORD_ERRORS as e:
                         self._bad(source.locate(index if index is not None else -1), e)

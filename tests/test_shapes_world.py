@@ -24,6 +24,7 @@ from lit_janus.shapes.world import (
     label_map,
     make_qa,
     random_scene,
+    reading_order,
     render,
     split_words,
     vocabulary,
@@ -129,6 +130,38 @@ def test_t2i_metadata_is_geneval_format_and_scene_satisfies_it(category):
             assert clearly(rel, by_shape[classes[1]], by_shape[classes[0]])
         if category == "color_attr":
             assert meta["include"][0]["color"] != meta["include"][1]["color"]
+
+
+@pytest.mark.parametrize("category", ["two_object", "color_attr"])
+def test_reading_order_names_first_the_object_a_raster_scan_draws_first(category):
+    random_w, reading_w = ShapesWorld(seed=4), ShapesWorld(seed=4, object_order="reading")
+    first_drawn_named_first = {"random": 0, "reading": 0}
+    n = 300
+    for i in range(n):
+        for order, w in (("random", random_w), ("reading", reading_w)):
+            prompt, meta, scene = w.t2i_scene(i, category)
+            # the 8 x 8-token raster scan of a 64-px image: the first token row / column holding the object
+            first_token = []
+            for o in scene.objects:
+                ink = (np.abs(np.asarray(render(Scene([o]), 64), dtype=int) - BACKGROUND).sum(-1) > 30)
+                first_token.append(np.flatnonzero(ink.reshape(8, 8, 8, 8).any(axis=(1, 3)))[0])
+            drawn_first = scene.objects[int(np.argmin(first_token))]
+            first_drawn_named_first[order] += meta["include"][0]["class"] == drawn_first.shape
+            if order == "reading":
+                assert reading_order(scene.objects)[0].shape == meta["include"][0]["class"]
+                # the same scene as the random-order world: only which object is named first changes
+                _, random_meta, random_scene_ = random_w.t2i_scene(i, category)
+                assert random_scene_ == scene
+                assert sorted(map(str, meta["include"])) == sorted(map(str, random_meta["include"]))
+    assert first_drawn_named_first["reading"] >= 0.97 * n  # objects whose tops share a token row may tie
+    assert 0.35 * n < first_drawn_named_first["random"] < 0.65 * n  # GenEval's prompts carry no order
+    with pytest.raises(ValueError, match="object_order"):
+        ShapesWorld(object_order="left")
+    # the data module's source passes the order on (a stage config sets it per t2i source)
+    from lit_janus.data import ShapesSource
+
+    source = ShapesSource("t2i", seed=4, object_order="reading")
+    assert [source[i]["caption"] for i in range(20)] == [reading_w.t2i_sample(i)["prompt"] for i in range(20)]
 
 
 def test_objects_never_overlap_and_stay_inside():

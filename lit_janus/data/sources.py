@@ -313,7 +313,8 @@ class ShapesSource(Source):
     Use another `seed` for held-out validation data of the same distribution."""
 
     def __init__(self, kind: Literal["qa", "text", "t2i", "class"], length: int = 100_000, seed: int = 0,
-                 split: Literal["train", "heldout"] = "train", image_size: int = 64, turns: int = 1):
+                 split: Literal["train", "heldout"] = "train", image_size: int = 64, turns: int = 1,
+                 object_order: Literal["random", "reading"] = "random"):
         """
         Args:
             kind: which ShapesWorld generator.
@@ -323,6 +324,8 @@ class ShapesSource(Source):
             image_size: rendered image side in pixels.
             turns: `qa` only: distinct questions per scene, as one multi-turn conversation (up to 6: one
                 per question type; more: further questions of random types).
+            object_order: `t2i` only: which object a two-object prompt names first, `random` (GenEval's
+                prompts) or `reading` (the one a raster scan draws first; see configs/shapes/README.md).
         """
         from lit_janus.shapes import ShapesWorld
 
@@ -331,7 +334,7 @@ class ShapesSource(Source):
         if not 1 <= turns <= 32:
             raise ValueError(f"turns must be 1-32 (distinct questions per scene), got {turns}")
         self.kind, self.length, self.turns = kind, length, turns
-        self.world = ShapesWorld(seed=seed, image_size=image_size, split=split)
+        self.world = ShapesWorld(seed=seed, image_size=image_size, split=split, object_order=object_order)
 
     def __len__(self) -> int:
         return self.length

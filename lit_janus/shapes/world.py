@@ -234,14 +234,29 @@ def _size(rng: random.Random) -> str:
     return rng.choice(tuple(SIZES))
 
 
-def make_t2i(category: str, rng: random.Random, split: str = "train") -> tuple[str, dict, Scene]:
+def reading_order(objects: Sequence[Obj], rows: int = 8) -> list[Obj]:
+    """Objects in the order a raster scan of ``rows`` token rows meets them: by the row of their top
+    edge, then left to right (8 rows: ShapesWorld's 64-px images are 8 x 8 VQ tokens)."""
+    return sorted(objects, key=lambda o: (int((o.y - o.extent / 2) * rows), o.x - o.extent / 2))
+
+
+def make_t2i(
+    category: str, rng: random.Random, split: str = "train", object_order: str = "random"
+) -> tuple[str, dict, Scene]:
     """A prompt in one GenEval category, its GenEval-format metadata and a scene that satisfies it.
 
     Train targets use only TRAIN_COMBOS. The heldout split only has ``colors`` and ``color_attr``
     (the categories that name a colour) and every prompt names a held-out combo.
+
+    ``object_order`` says which object a two-object prompt (``two_object``, ``color_attr``) names
+    first: ``random`` (GenEval's prompts carry no order) or ``reading``, the one a raster scan draws
+    first (``reading_order``). A caption in reading order tells the generator what to draw next; one in
+    random order leaves it to recall which of the two shapes it has already drawn.
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+    if object_order not in ("random", "reading"):
+        raise ValueError(f"object_order must be 'random' or 'reading', not {object_order!r}")
     if split == "heldout" and category not in ("colors", "color_attr"):
         raise ValueError(f"the heldout split only has 'colors' and 'color_attr', not {category!r}")
     combos = TRAIN_COMBOS
@@ -255,8 +270,6 @@ def make_t2i(category: str, rng: random.Random, split: str = "train") -> tuple[s
     elif category == "two_object":
         s0, s1 = rng.sample(SHAPES, 2)
         specs = [(s, _color(rng, s, combos), _size(rng)) for s in (s0, s1)]
-        meta["include"] = [{"class": s0, "count": 1}, {"class": s1, "count": 1}]
-        prompt = f"a photo of {_a(s0)} and {_a(s1)}"
     elif category == "counting":
         shape, n = rng.choice(SHAPES), rng.choice(COUNTS)
         specs = [(shape, _color(rng, shape, combos), _size(rng)) for _ in range(n)]
@@ -286,12 +299,16 @@ def make_t2i(category: str, rng: random.Random, split: str = "train") -> tuple[s
             c0 = _color(rng, s0, combos)
             c1 = _color(rng, s1, combos, exclude=[c0])
         specs = [(s0, c0, _size(rng)), (s1, c1, _size(rng))]
-        meta["include"] = [{"class": s0, "count": 1, "color": c0}, {"class": s1, "count": 1, "color": c1}]
-        prompt = f"a photo of {_a(c0 + ' ' + s0)} and {_a(c1 + ' ' + s1)}"
     else:
         raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
+    objects = place(rng, specs, relation)
+    if category in ("two_object", "color_attr"):  # named once placed, so that the order can follow the scene
+        named = reading_order(objects) if object_order == "reading" else objects
+        with_color = category == "color_attr"
+        meta["include"] = [{"class": o.shape, "count": 1} | ({"color": o.color} if with_color else {}) for o in named]
+        prompt = "a photo of " + " and ".join(_a(o.phrase if with_color else o.shape) for o in named)
     meta["prompt"] = prompt
-    return prompt, meta, Scene(place(rng, specs, relation))
+    return prompt, meta, Scene(objects)
 
 
 # ----------------------------------------------------------------------------- understanding
@@ -460,7 +477,8 @@ class ShapesWorld:
     (``qa_sample``, ``text_sample``) are the same in both splits and may show held-out combos: the
     model can learn to *recognise* a blue triangle, the held-out test is whether it can *draw* one.
     ``t2i_weights`` sets the category mix of ``t2i_sample`` (uniform over the six by default; the
-    heldout split defaults to its two categories).
+    heldout split defaults to its two categories); ``object_order`` which object its two-object
+    prompts name first (``make_t2i``; evaluation prompts keep the default, GenEval's random order).
     """
 
     def __init__(
@@ -470,10 +488,14 @@ class ShapesWorld:
         split: str = "train",
         t2i_weights: Mapping[str, float] | None = None,
         antialias: bool = False,
+        object_order: str = "random",
     ) -> None:
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+        if object_order not in ("random", "reading"):
+            raise ValueError(f"object_order must be 'random' or 'reading', not {object_order!r}")
         self.seed, self.image_size, self.split, self.antialias = seed, image_size, split, antialias
+        self.object_order = object_order
         default = CATEGORIES if split == "train" else ("colors", "color_attr")
         weights = dict(t2i_weights) if t2i_weights is not None else {c: 1.0 for c in default}
         self.categories, self.weights = list(weights), list(weights.values())
@@ -484,7 +506,7 @@ class ShapesWorld:
     def t2i_scene(self, index: int, category: str | None = None) -> tuple[str, dict, Scene]:
         rng = stable_rng(self.seed, f"t2i-{self.split}", index)
         category = category or rng.choices(self.categories, self.weights)[0]
-        return make_t2i(category, rng, self.split)
+        return make_t2i(category, rng, self.split, self.object_order)
 
     def t2i_sample(self, index: int, category: str | None = None) -> dict:
         """``{prompt, metadata, image}``; metadata is GenEval's format (its ``tag`` is the category)."""

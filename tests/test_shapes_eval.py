@@ -16,6 +16,7 @@ from lit_janus.shapes.evaluate import (
     relative_position,
     score_one,
     vqa_accuracy,
+    why_failed,
 )
 from lit_janus.shapes.world import CATEGORIES, COLORS, SHAPES, SIZES, Obj, Scene, ShapesWorld, render
 
@@ -238,3 +239,38 @@ def test_vqa_accuracy_normalises():
     assert vqa_accuracy([], []) == 0.0
     with pytest.raises(ValueError):
         vqa_accuracy(["a"], [])
+
+
+def _scene(*objs: tuple[str, str, float, float]) -> Image.Image:
+    return render(Scene([Obj(shape, color, "large", x, y) for shape, color, x, y in objs]), 64)
+
+
+def test_why_failed_names_the_reason_a_generated_image_fails():
+    two = {"tag": "two_object", "include": [{"class": "square", "count": 1}, {"class": "circle", "count": 1}]}
+    attr = {"tag": "color_attr", "include": [{"class": "square", "count": 1, "color": "red"},
+                                             {"class": "circle", "count": 1, "color": "blue"}]}
+    count = {"tag": "counting", "include": [{"class": "circle", "count": 3}], "exclude": [{"class": "circle", "count": 4}]}
+    pos = {"tag": "position", "include": [{"class": "square", "count": 1},
+                                          {"class": "circle", "count": 1, "position": ["left of", 0]}]}
+    left, right, mid = (0.2, 0.5), (0.8, 0.5), (0.5, 0.2)
+    cases = [
+        (two, [("square", "red", *left), ("circle", "blue", *right)], None),
+        (two, [("square", "red", *left), ("square", "blue", *right)], "missing shape"),  # one shape twice
+        (two, [("square", "red", *left)], "too few objects"),
+        (attr, [("square", "red", *left), ("circle", "blue", *right)], None),
+        (attr, [("square", "blue", *left), ("circle", "red", *right)], "colours swapped"),
+        (attr, [("square", "red", *left), ("circle", "green", *right)], "wrong colour"),
+        (count, [("circle", "red", *left), ("circle", "red", *right), ("square", "red", *mid)], "wrong count"),
+        (count, [("circle", "red", *left), ("circle", "red", *right), ("circle", "red", *mid),
+                 ("circle", "red", 0.5, 0.8)], "extra objects"),
+        (pos, [("circle", "red", *left), ("square", "blue", *right)], None),
+        (pos, [("square", "red", *left), ("circle", "blue", *right)], "wrong position"),
+    ]
+    for meta, objs, reason in cases:
+        assert why_failed(_scene(*objs), meta) == reason, (meta["tag"], objs)
+    # the ground truth of every category passes
+    w = ShapesWorld(seed=11)
+    for cat in CATEGORIES:
+        for i in range(20):
+            sample = w.t2i_sample(i, cat)
+            assert why_failed(sample["image"], sample["metadata"]) is None

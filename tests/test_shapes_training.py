@@ -489,7 +489,7 @@ def _micro_spec(tmp_path, stages=True):
     return p
 
 
-def test_pipeline_smoke(tmp_path):
+def test_pipeline_smoke(tmp_path, capsys):
     """Stage 0a -> 0b -> assemble -> Stage I -> evaluation -> results, at microscopic size."""
     from lit_janus.shapes.pipeline import main
 
@@ -502,6 +502,18 @@ def test_pipeline_smoke(tmp_path):
     assert (out / "stage0" / "vq.safetensors").is_file() and (out / "init" / "config.json").is_file()
     assert Path(result["checkpoints"]["stage1"]).is_file()
     assert any((out / "tb" / "stage1").glob("events.out.tfevents*"))
+
+    # the stage's checkpoint scored by the evaluation command, with the failure breakdown
+    from lit_janus.shapes import evaluate_model
+
+    capsys.readouterr()
+    res = evaluate_model.main([result["checkpoints"]["stage1"], "--n", "3", "--heldout", "2", "--vqa", "0",
+                               "--no-ceilings", "--categories", "two_object", "color_attr", "--failures"])
+    printed = capsys.readouterr().out
+    for split, tag in [("train", "two_object"), ("train", "color_attr"), ("heldout", "color_attr")]:
+        line = next(l for l in printed.splitlines() if l.startswith(f"{split} {tag}: "))
+        assert sum(int(part.rsplit(" ", 1)[1]) for part in line.split(": ", 1)[1].split(", ")) == (3 if split == "train" else 2)
+    assert set(res.geneval) >= {"two_object", "color_attr", "overall"}
 
     # retrain only the encoder (stage0_retrain), the VQ tokenizer taken from the first run
     import yaml

@@ -202,6 +202,35 @@ def score_one(image: Image.Image | Sequence[Detection], metadata: dict) -> bool:
     return correct
 
 
+def why_failed(image: Image.Image | Sequence[Detection], metadata: dict) -> str | None:
+    """Why an image fails GenEval's rule (``None`` if it passes), the first reason that applies:
+    ``too few objects`` (fewer found than named), ``missing shape`` (a named shape absent in any colour,
+    e.g. "a square and a circle" drawn as two squares), ``wrong count``, ``colours swapped`` (two named
+    objects, each in the other's colour), ``wrong colour``, ``wrong position``, ``extra objects``
+    (an ``exclude`` clause holds)."""
+    dets = detect(image) if isinstance(image, Image.Image) else list(image)
+    if score_one(dets, metadata):
+        return None
+    include = metadata.get("include", [])
+    shapes = [d.shape for d in dets]
+    if len(dets) < sum(r["count"] for r in include):
+        return "too few objects"
+    if any(r["class"] not in shapes for r in include):
+        return "missing shape"
+    if any(shapes.count(r["class"]) < r["count"] for r in include):
+        return "wrong count"
+    colored = [r for r in include if "color" in r]
+    if colored:
+        have = {(d.shape, d.color) for d in dets}
+        if not all((r["class"], r["color"]) in have for r in colored):
+            swapped = len(colored) == 2 and {(colored[0]["class"], colored[1]["color"]),
+                                              (colored[1]["class"], colored[0]["color"])} <= have
+            return "colours swapped" if swapped else "wrong colour"
+    if any("position" in r for r in include):
+        return "wrong position"
+    return "extra objects"
+
+
 def evaluate(images: Sequence[Image.Image], metadatas: Sequence[dict]) -> dict[str, float]:
     """Per-category accuracy (keyed by GenEval tag) and ``overall`` = mean of the category accuracies."""
     if len(images) != len(metadatas):

@@ -251,6 +251,22 @@ def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+def failure_table(artefacts: dict) -> str:
+    """Per split and category: how many generated images pass, and why the others fail."""
+    from collections import Counter
+
+    from lit_janus.shapes.evaluate import why_failed
+
+    lines = []
+    for split, (_, metas, images) in artefacts.items():
+        counts: dict[str, Counter] = {}
+        for meta, image in zip(metas, _uint8_to_pil(images)):
+            counts.setdefault(meta["tag"], Counter())[why_failed(image, meta) or "pass"] += 1
+        for tag, c in counts.items():
+            lines.append(f"{split} {tag}: " + ", ".join(f"{k} {n}" for k, n in c.most_common()))
+    return "\n".join(lines)
+
+
 def summary(res: EvalResult) -> str:
     """Human-readable lines: the GenEval-style table row(s) and VQA."""
     from lit_janus.shapes.evaluate import format_table
@@ -370,6 +386,8 @@ def main(argv: list[str] | None = None) -> EvalResult:
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="directory for results.json and samples.png")
+    p.add_argument("--failures", action="store_true",
+                   help="also count why the generated images fail, per category (`evaluate.why_failed`)")
     a = p.parse_args(argv)
 
     from lit_janus.checkpoint import load_any
@@ -380,6 +398,8 @@ def main(argv: list[str] | None = None) -> EvalResult:
                     batch_size=a.batch_size, seed=a.seed)
     res, art = evaluate_model(model.eval(), processor, spec, generation=not a.no_generation)
     print(summary(res))
+    if a.failures:
+        print(failure_table(art))
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)

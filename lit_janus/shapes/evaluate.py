@@ -231,8 +231,9 @@ def why_failed(image: Image.Image | Sequence[Detection], metadata: dict) -> str 
     return "extra objects"
 
 
-def evaluate(images: Sequence[Image.Image], metadatas: Sequence[dict]) -> dict[str, float]:
-    """Per-category accuracy (keyed by GenEval tag) and ``overall`` = mean of the category accuracies."""
+def evaluate(images: Sequence[Image.Image | Sequence[Detection]], metadatas: Sequence[dict]) -> dict[str, float]:
+    """Per-category accuracy (keyed by GenEval tag) and ``overall`` = mean of the category accuracies.
+    ``images`` may be images or their ``detect`` results (as ``score_one`` takes either)."""
     if len(images) != len(metadatas):
         raise ValueError(f"{len(images)} images but {len(metadatas)} metadata entries")
     hits: dict[str, list[bool]] = {}

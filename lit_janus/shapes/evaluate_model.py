@@ -158,10 +158,10 @@ def score(images: list, metas: list[dict]) -> dict[str, float]:
     exact-scene rate is the stricter number to read alongside."""
     from lit_janus.shapes.evaluate import detect, evaluate, score_one
 
-    result = evaluate(images, metas)
+    detections = [detect(im) for im in images]  # once: both rules below read them
+    result = evaluate(detections, metas)
     exact: dict[str, list[bool]] = {}
-    for im, meta in zip(images, metas):
-        dets = detect(im)
+    for dets, meta in zip(detections, metas):
         named = sum(req["count"] for req in meta.get("include", []))
         exact.setdefault(meta["tag"], []).append(len(dets) == named and score_one(dets, meta))
     per_tag = {f"exact_{tag}": float(np.mean(v)) for tag, v in exact.items()}

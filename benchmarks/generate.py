@@ -21,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from clock import profiled, sync, timed  # noqa: E402  benchmarks/clock.py (scripts run with benchmarks/ on sys.path)
 from lit_janus.checkpoint import build_model  # noqa: E402
 from lit_janus.config import Config  # noqa: E402
-from lit_janus.generate import StaticDecoder, decode_images, generate_official, generate_reference, seed_key  # noqa: E402
+from lit_janus.decoder import StaticDecoder  # noqa: E402
+from lit_janus.generate import decode_images, generate_official, generate_reference  # noqa: E402
+from lit_janus.sampling import seed_key  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -83,7 +83,8 @@ class SampleImages(Callback):
     @torch.no_grad()
     def sample(self, trainer, pl_module) -> list[torch.Tensor]:
         """uint8 [n, S, S, 3] images for each prompt."""
-        from lit_janus.generate import StaticDecoder, generate
+        from lit_janus.decoder import StaticDecoder
+        from lit_janus.generate import generate
 
         model = pl_module.model
         modes = {m: m.training for m in model.modules()}  # restore exactly (frozen parts stay in eval)

@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lit_janus import decoder as D
 from lit_janus import generate as G
+from lit_janus import sampling as S
 from lit_janus.processor import PromptTooLongError
 
 
@@ -41,14 +43,14 @@ def requests(processor, prompts, n, seed):
 
 # ---- noise and sampling ---------------------------------------------------------------------------
 def test_noise_is_a_function_of_key_step_and_column_only():
-    keys = torch.tensor([G.seed_key(1), G.seed_key(2), G.seed_key(1, 5)])
-    u = G.uniform_noise(keys, 3, 1000)
-    assert torch.equal(u[1:2], G.uniform_noise(keys[1:2], 3, 1000))  # a row does not see its batch
-    assert torch.equal(u[:, :10], G.uniform_noise(keys, 3, 10))  # nor the vocabulary size
-    assert not torch.equal(u, G.uniform_noise(keys, 4, 1000))  # steps differ
-    assert len({G.seed_key(s, j) for s in range(50) for j in range(8)}) == 400  # no key collisions
+    keys = torch.tensor([S.seed_key(1), S.seed_key(2), S.seed_key(1, 5)])
+    u = S.uniform_noise(keys, 3, 1000)
+    assert torch.equal(u[1:2], S.uniform_noise(keys[1:2], 3, 1000))  # a row does not see its batch
+    assert torch.equal(u[:, :10], S.uniform_noise(keys, 3, 10))  # nor the vocabulary size
+    assert not torch.equal(u, S.uniform_noise(keys, 4, 1000))  # steps differ
+    assert len({S.seed_key(s, j) for s in range(50) for j in range(8)}) == 400  # no key collisions
     assert 0 < u.min() and u.max() < 1
-    many = G.uniform_noise(torch.arange(200), 0, 500).flatten()
+    many = S.uniform_noise(torch.arange(200), 0, 500).flatten()
     assert abs(many.mean() - 0.5) < 0.005 and abs(many.var() - 1 / 12) < 0.002
 
 
@@ -56,9 +58,9 @@ def test_noise_is_a_function_of_key_step_and_column_only():
 def test_sample_draws_exactly_from_the_filtered_softmax(temperature, top_k, top_p):
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
     n = 40000
-    draws = G.sample(logits.expand(n, -1), temperature, top_k, top_p, keys=torch.arange(n), step=7)
+    draws = S.sample(logits.expand(n, -1), temperature, top_k, top_p, keys=torch.arange(n), step=7)
     freq = torch.bincount(draws, minlength=6).float() / n
-    expected = G.filter_logits(logits[None] / temperature, top_k, top_p).softmax(-1)[0]
+    expected = S.filter_logits(logits[None] / temperature, top_k, top_p).softmax(-1)[0]
     # 4 standard errors of a frequency estimate
     assert (freq - expected).abs().max() < 4 * math.sqrt(0.25 / n)
     assert freq[expected == 0].sum() == 0  # filtered tokens are never drawn
@@ -66,31 +68,31 @@ def test_sample_draws_exactly_from_the_filtered_softmax(temperature, top_k, top_
 
 def test_filter_logits_keeps_top_k_and_the_nucleus():
     logits = torch.tensor([[3.0, 1.0, 2.0, 0.0]])
-    assert torch.isfinite(G.filter_logits(logits, top_k=2)).tolist() == [[True, False, True, False]]
+    assert torch.isfinite(S.filter_logits(logits, top_k=2)).tolist() == [[True, False, True, False]]
     p = logits.softmax(-1)[0]  # ~[.64, .09, .24, .03]
-    kept = torch.isfinite(G.filter_logits(logits, top_p=0.7))[0].tolist()
+    kept = torch.isfinite(S.filter_logits(logits, top_p=0.7))[0].tolist()
     assert kept == [True, False, True, False] and p[0] < 0.7 <= p[0] + p[2]
-    assert torch.isfinite(G.filter_logits(logits, top_p=1e-6)).sum() == 1  # never empty
-    assert torch.isfinite(G.filter_logits(torch.zeros(1, 5), top_p=1e-9)).sum() == 1  # ties: still one
+    assert torch.isfinite(S.filter_logits(logits, top_p=1e-6)).sum() == 1  # never empty
+    assert torch.isfinite(S.filter_logits(torch.zeros(1, 5), top_p=1e-9)).sum() == 1  # ties: still one
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):  # 0 would drop every token
-        G.filter_logits(logits, top_p=0.0)
+        S.filter_logits(logits, top_p=0.0)
 
 
 def test_cfg_logits_and_greedy():
     cond, uncond = torch.tensor([[1.0, 3.0]]), torch.tensor([[2.0, 0.0]])
-    assert torch.equal(G.cfg_logits(cond, uncond, 1.0), cond)
-    assert torch.equal(G.cfg_logits(cond, uncond, 0.0), uncond)
-    assert torch.equal(G.cfg_logits(cond, uncond, 5.0), torch.tensor([[-3.0, 15.0]]))
-    assert G.sample(torch.tensor([[0.0, 9.0, 1.0]]), temperature=0).tolist() == [1]
+    assert torch.equal(S.cfg_logits(cond, uncond, 1.0), cond)
+    assert torch.equal(S.cfg_logits(cond, uncond, 0.0), uncond)
+    assert torch.equal(S.cfg_logits(cond, uncond, 5.0), torch.tensor([[-3.0, 15.0]]))
+    assert S.sample(torch.tensor([[0.0, 9.0, 1.0]]), temperature=0).tolist() == [1]
 
 
 # ---- the lean forward ---------------------------------------------------------------------------
 def test_left_padded_prefill_matches_transformers_forward(sharp_model, tiny_processor):
     m = sharp_model
     rows = [tiny_processor.t2i_prompt_ids(p) for p in PROMPTS]
-    ids, pad = G._left_pad(rows, tiny_processor.pad_id, "cpu")
-    cache = G.KVCache.empty(m.llm.config, len(rows), ids.shape[1] + 4, torch.float32, "cpu")
-    h = G.prefill(m, m.llm.embed_tokens(ids), pad, cache)
+    ids, pad = D._left_pad(rows, tiny_processor.pad_id, "cpu")
+    cache = D.KVCache.empty(m.llm.config, len(rows), ids.shape[1] + 4, torch.float32, "cpu")
+    h = D.prefill(m, m.llm.embed_tokens(ids), pad, cache)
     for r, row in enumerate(rows):
         ref = m.hidden_states(m.llm.embed_tokens(torch.tensor([row])))[0, -1]
         torch.testing.assert_close(h[r], ref, atol=1e-5, rtol=1e-5)
@@ -103,7 +105,7 @@ def test_fast_sampler_matches_reference_loop(sharp_model, tiny_processor, n, sam
     reference loop run one prompt at a time with transformers' forward (the decoder's own
     concatenated q/k/v and gate/up weights included)."""
     cond, uncond, keys = requests(tiny_processor, PROMPTS, n, 11)
-    fast = G.StaticDecoder(sharp_model).images(cond, uncond, keys, pad_id=tiny_processor.pad_id, **sampling)
+    fast = D.StaticDecoder(sharp_model).images(cond, uncond, keys, pad_id=tiny_processor.pad_id, **sampling)
     for p in range(2):
         ref = G.generate_reference(sharp_model, cond[n * p], uncond[n * p], keys[n * p: n * p + n], **sampling)
         assert torch.equal(fast[n * p: n * p + n], ref)
@@ -129,7 +131,7 @@ def test_decoder_sees_weights_changed_in_place(sharp_model, tiny_processor):
     import copy
 
     m = copy.deepcopy(sharp_model)
-    d = G.StaticDecoder(m)
+    d = D.StaticDecoder(m)
     req = requests(tiny_processor, PROMPTS, 1, 3)
     before = d.images(*req, pad_id=tiny_processor.pad_id)
     with torch.no_grad():
@@ -138,14 +140,14 @@ def test_decoder_sees_weights_changed_in_place(sharp_model, tiny_processor):
             layer.mlp.up_proj.weight.mul_(0.5)
     after = d.images(*req, pad_id=tiny_processor.pad_id)
     assert not torch.equal(after, before)
-    assert torch.equal(after, G.StaticDecoder(m).images(*req, pad_id=tiny_processor.pad_id))
+    assert torch.equal(after, D.StaticDecoder(m).images(*req, pad_id=tiny_processor.pad_id))
     # under autocast (the sample-images callback) the copies are kept in its dtype, not the fp32 masters'
     with torch.autocast("cpu", dtype=torch.bfloat16):
         d.images(*req, pad_id=tiny_processor.pad_id)
     assert d._weights[0][1].dtype == torch.bfloat16 and m.llm.layers[0].self_attn.q_proj.weight.dtype == torch.float32
 
 
-class _EagerReuse(G.StaticDecoder):
+class _EagerReuse(D.StaticDecoder):
     """Exercises the graph path's state reuse (dummy rows, larger cache) without a GPU."""
 
     def __init__(self, model):
@@ -167,7 +169,7 @@ def test_reused_state_with_dummy_rows_gives_the_same_tokens(sharp_model, tiny_pr
     state = d.state
     out = d.images(*small, pad_id=tiny_processor.pad_id)
     assert d.state is state and state.n_seq == 6  # reused, padded with 5 dummy images
-    assert torch.equal(out, G.StaticDecoder(sharp_model).images(*small, pad_id=tiny_processor.pad_id))
+    assert torch.equal(out, D.StaticDecoder(sharp_model).images(*small, pad_id=tiny_processor.pad_id))
 
 
 def test_generate_decodes_uint8_images(sharp_model, tiny_processor, tiny_config):
@@ -243,6 +245,6 @@ class _EosHead(torch.nn.Module):
 def test_answers_stop_at_eos(sharp_model, tiny_processor, tiny_config):
     m = copy.deepcopy(sharp_model)
     m.janus.lm_head = _EosHead(tiny_processor.eos_id, tiny_config.vocab_size)
-    d = G.StaticDecoder(m)
+    d = D.StaticDecoder(m)
     assert G.answer_ids(m, tiny_processor, [None], ["yes"], max_new_tokens=50, decoder=d) == [[]]
     assert int(d.state.step) <= 9  # stopped within one check interval, not after 50 steps

@@ -10,7 +10,9 @@ from typing import Literal
 import lightning as L
 import torch
 
-from lit_janus.generate import StaticDecoder, decode_images, question_embeds, seed_key
+from lit_janus.decoder import StaticDecoder
+from lit_janus.generate import decode_images, question_embeds
+from lit_janus.sampling import seed_key
 from lit_janus.processor import PromptTooLongError
 
 # what a bad *item* can raise (PromptTooLongError is a ValueError); anything else is a real failure

@@ -111,7 +111,8 @@ def _uint8_to_pil(images: torch.Tensor) -> list:
 @torch.no_grad()
 def generate_images(model, processor, prompts: list[str], spec: EvalSpec) -> torch.Tensor:
     """uint8 [N, S, S, 3], one image per prompt, seeds fixed per prompt index (reproducible)."""
-    from lit_janus.generate import StaticDecoder, generate
+    from lit_janus.decoder import StaticDecoder
+    from lit_janus.generate import generate
 
     decoder = StaticDecoder(model, cuda_graphs=False, compile=False)
     out = []
@@ -138,7 +139,8 @@ def vq_reconstructions(model, images: list) -> list:
 
 @torch.no_grad()
 def answer_questions(model, processor, items: list[dict], batch_size: int = 64) -> list[str]:
-    from lit_janus.generate import StaticDecoder, answer
+    from lit_janus.decoder import StaticDecoder
+    from lit_janus.generate import answer
 
     decoder = StaticDecoder(model, cuda_graphs=False, compile=False)
     preds = []

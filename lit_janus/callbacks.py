@@ -133,7 +133,7 @@ class Checkpoint(ModelCheckpoint):
     previous checkpoint. Weights that are not finite (a diverged run) stop the run instead of being saved."""
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        from lit_janus.checkpoint import remove_path, replace_dir
+        from lit_janus.atomic import remove_path, replace_dir
         from lit_janus.module import stop_if_not_finite
 
         # a diverged run must not overwrite the last good checkpoint with NaNs (one host sync per save)

@@ -1,9 +1,11 @@
-"""Loading Janus-Pro checkpoints in DeepSeek's or transformers' layout, and writing transformers' layout.
+"""Loading Janus-Pro checkpoints in DeepSeek's or transformers' layout, or a Lightning checkpoint of
+this project, and writing transformers' layout.
 
-DeepSeek (`deepseek-ai/Janus-Pro-1B`): config.json with model_type "multi_modality", timm-style
-SigLIP with fused `qkv`, LlamaGen VQ names (`conv_blocks`, `res`, `mid.0`), `gen_head.*`,
-`gen_embed`, weights in `pytorch_model.bin` (pickles: always `weights_only=True`) or shards.
-transformers (`deepseek-community/Janus-Pro-1B`): model_type "janus", safetensors.
+DeepSeek (`deepseek-ai/Janus-Pro-1B`): config.json with model_type "multi_modality", weights in
+`pytorch_model.bin` (pickles: always `weights_only=True`) or shards; its names are translated by
+`lit_janus.deepseek_layout`. transformers (`deepseek-community/Janus-Pro-1B`): model_type "janus",
+safetensors. Files are read by `lit_janus.weight_files`; exports are replaced atomically
+(`lit_janus.atomic`).
 
 Every weight is accounted for. Only two kinds of keys are known to be unused and are dropped with
 a message: SigLIP's attention-pooling head (`attn_pool.*`, never called by Janus) and the VQ's
@@ -16,277 +18,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import os
 import pickle
-import re
 import shutil
 import zipfile
 from pathlib import Path
 
 import torch
 
+from lit_janus.atomic import replace_dir
 from lit_janus.config import Config
+from lit_janus.deepseek_layout import KNOWN_UNUSED, config_from_deepseek, deepseek_to_transformers, describe_unused
 from lit_janus.tokenizer import DEFAULT_SYSTEM_PROMPT
+from lit_janus.weight_files import CheckpointError, detect_layout, read_json, read_weights
 
 PRETRAINED_CONTEXT = 4096  # Janus-Pro's training sequence length; pretrained directories record none
 
 log = logging.getLogger(__name__)
-
-KNOWN_UNUSED = (re.compile(r"^vision_model\.vision_tower\.attn_pool\."), re.compile(r"quantize\.codebook_used$"))
-# Heads cannot be read off weight shapes; DeepSeek's config only names a SigLIP preset.
-SIGLIP_HEADS = {"siglip_large_patch16_384": 16, "siglip_so400m_patch14_384": 16, "siglip_so400m_patch14_224": 16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded; the message names the file or key."""
-
-
-# ---------------------------------------------------------------------------------------------
-# reading weight files
-# ---------------------------------------------------------------------------------------------
-def read_json(path: Path) -> dict:
-    """A checkpoint's JSON file as a dict; CheckpointError naming the file if it is not one."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, not an object")
-    return obj
-
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"missing weight file {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        # DeepSeek ships pickles: never unpickle arbitrary objects
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            # torch.save's legacy (pre-1.6, non-zip) format cannot be memory-mapped: read it whole
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except pickle.UnpicklingError as e:
-        # torch's text advises weights_only=False: never here. Keep only what the file holds.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f"a pickled {found.group(1)}" if found else "pickled objects that are not tensors"
-        raise CheckpointError(f"cannot read weight file {path}: it holds {what}, and weights are loaded without "
-                              "running pickled code (weights_only=True): re-download it, or re-save its tensors "
-                              "as safetensors where you trust it") from None
-    except Exception as e:
-        raise CheckpointError(f"cannot read weight file {path}: {e}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    return sd
-
-
-def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: single file or index + shards, safetensors or .bin."""
-    d = Path(directory)
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (d / index).is_file():
-            weight_map = read_json(d / index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"cannot read {d / index}: no 'weight_map' object")
-            missing = sorted({f for f in weight_map.values() if not (d / f).is_file()})
-            if missing:
-                raise CheckpointError(f"{d / index} lists shard(s) that are missing: {', '.join(missing)}")
-            sd: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                sd.update(_load_file(d / shard))
-            absent = sorted(set(weight_map) - set(sd))
-            if absent:
-                raise CheckpointError(f"keys listed in {index} but absent from the shards: {absent[:5]}")
-            return sd
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (d / single).is_file():
-            return _load_file(d / single)
-    raise CheckpointError(
-        f"no weights in {d}: expected model.safetensors, pytorch_model.bin, or an index with shards"
-    )
-
-
-def detect_layout(directory: str | Path) -> str:
-    """'deepseek' or 'transformers', from config.json's model_type."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise CheckpointError(f"checkpoint directory {d} does not exist")
-    cfg = d / "config.json"
-    if not cfg.is_file():
-        raise CheckpointError(
-            f"{d} has no config.json: not a Janus-Pro checkpoint in DeepSeek's layout "
-            "(model_type 'multi_modality') or transformers' layout (model_type 'janus')"
-        )
-    model_type = read_json(cfg).get("model_type")
-    if model_type == "multi_modality":
-        return "deepseek"
-    if model_type == "janus":
-        return "transformers"
-    raise CheckpointError(
-        f"{cfg} has model_type {model_type!r}; expected 'multi_modality' (DeepSeek) or 'janus' (transformers)"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# DeepSeek layout -> transformers layout
-# ---------------------------------------------------------------------------------------------
-_VQ_RENAMES = [
-    (re.compile(r"^(encoder)\.conv_blocks\.(\d+)\.res\.(\d+)\."), r"\1.down.\2.block.\3."),
-    (re.compile(r"^(encoder)\.conv_blocks\.(\d+)\.attn\.(\d+)\."), r"\1.down.\2.attn.\3."),
-    (re.compile(r"^(encoder)\.conv_blocks\.(\d+)\.downsample\."), r"\1.down.\2.downsample."),
-    (re.compile(r"^(decoder)\.conv_blocks\.(\d+)\.res\.(\d+)\."), r"\1.up.\2.block.\3."),
-    (re.compile(r"^(decoder)\.conv_blocks\.(\d+)\.attn\.(\d+)\."), r"\1.up.\2.attn.\3."),
-    (re.compile(r"^(decoder)\.conv_blocks\.(\d+)\.upsample\."), r"\1.up.\2.upsample."),
-    (re.compile(r"^(encoder|decoder)\.mid\.0\."), r"\1.mid.block_1."),
-    (re.compile(r"^(encoder|decoder)\.mid\.1\."), r"\1.mid.attn_1."),
-    (re.compile(r"^(encoder|decoder)\.mid\.2\."), r"\1.mid.block_2."),
-]
-_VIT_RENAMES = [
-    (re.compile(r"^blocks\.(\d+)\.norm1\."), r"encoder.layers.\1.layer_norm1."),
-    (re.compile(r"^blocks\.(\d+)\.norm2\."), r"encoder.layers.\1.layer_norm2."),
-    (re.compile(r"^blocks\.(\d+)\.attn\.proj\."), r"encoder.layers.\1.self_attn.projection_layer."),
-    (re.compile(r"^blocks\.(\d+)\.mlp\."), r"encoder.layers.\1.mlp."),
-    (re.compile(r"^patch_embed\.proj\."), "embeddings.patch_embedding."),
-    (re.compile(r"^norm\."), "post_layernorm."),
-]
-_MLP_PROJECTOR = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
-
-
-def describe_unused(keys: list[str]) -> str:
-    """Name the known-unused weights by group, e.g. for the log line of a load."""
-    groups = []
-    if any("attn_pool" in k for k in keys):
-        groups.append("vision_model.vision_tower.attn_pool.* (SigLIP's pooling head, never used by Janus)")
-    if any(k.endswith("codebook_used") for k in keys):
-        groups.append("quantize.codebook_used (the VQ's usage statistics buffer)")
-    return "; ".join(groups)
-
-
-def _rename(key: str, rules) -> str | None:
-    for pattern, repl in rules:
-        new, n = pattern.subn(repl, key)
-        if n:
-            return new
-    return None
-
-
-def deepseek_to_transformers(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename (and split fused qkv of) DeepSeek keys. Returns (new state dict, dropped known-unused keys).
-    Raises CheckpointError for keys that are not part of Janus-Pro."""
-    out: dict[str, torch.Tensor] = {}
-    dropped, unknown = [], []
-    for key, t in sd.items():
-        if any(p.search(key) for p in KNOWN_UNUSED):
-            dropped.append(key)
-            continue
-        new = None
-        if key.startswith("language_model.model."):
-            new = "model.language_model." + key[len("language_model.model."):]
-        elif key == "language_model.lm_head.weight":
-            new = "lm_head.weight"
-        elif key == "gen_embed.weight":
-            new = "model.generation_embeddings.weight"
-        elif key.startswith("gen_head."):
-            new = {"gen_head.output_mlp_projector.weight": "model.generation_head.proj_out.weight",
-                   "gen_head.output_mlp_projector.bias": "model.generation_head.proj_out.bias",
-                   "gen_head.vision_head.weight": "model.generation_head.vision_head.weight",
-                   "gen_head.vision_head.bias": "model.generation_head.vision_head.bias"}.get(key)
-        elif key.startswith(("aligner.", "gen_aligner.")):
-            prefix, rest = key.split(".", 1)
-            m = _MLP_PROJECTOR.match(rest)
-            if m and int(m.group(1)) % 2 == 0:  # MlpProjector: Linear at even indices, GELU between
-                i = int(m.group(1)) // 2
-                target = "model.aligner" if prefix == "aligner" else "model.generation_aligner"
-                new = f"{target}.fc1.{m.group(2)}" if i == 0 else f"{target}.hidden_layers.{i - 1}.{m.group(2)}"
-        elif key.startswith("gen_vision_model."):
-            rest = key[len("gen_vision_model."):]
-            new = "model.vqmodel." + (_rename(rest, _VQ_RENAMES) or rest)
-        elif key.startswith("vision_model.vision_tower."):
-            rest = key[len("vision_model.vision_tower."):]
-            base = "model.vision_model."
-            if rest == "pos_embed":
-                out[base + "embeddings.position_embedding.weight"] = t.reshape(t.shape[-2], t.shape[-1])
-                continue
-            qkv = re.match(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", rest)
-            if qkv:
-                for name, part in zip("qkv", t.chunk(3, dim=0)):
-                    out[f"{base}encoder.layers.{qkv.group(1)}.self_attn.{name}_proj.{qkv.group(2)}"] = part
-                continue
-            renamed = _rename(rest, _VIT_RENAMES)
-            new = base + renamed if renamed else None
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = t
-    if unknown:
-        raise CheckpointError(
-            f"{len(unknown)} key(s) in the DeepSeek checkpoint are not part of Janus-Pro: {unknown[:8]}"
-        )
-    return out, dropped
-
-
-def config_from_deepseek(cfg: dict, sd: dict[str, torch.Tensor]) -> Config:
-    """Architecture from DeepSeek's config.json, completed from weight shapes (its VQ-16 and
-    SigLIP entries name presets rather than listing shapes)."""
-    lang = cfg.get("language_config") or {}
-    vparams = (cfg.get("vision_config") or {}).get("params") or {}
-
-    def need(key: str) -> torch.Tensor:
-        if key not in sd:
-            raise CheckpointError(f"DeepSeek checkpoint lacks {key!r}")
-        return sd[key]
-
-    pos = need("vision_model.vision_tower.pos_embed")
-    width, n_pos = pos.shape[-1], pos.shape[-2]
-    patch = need("vision_model.vision_tower.patch_embed.proj.weight").shape[-1]
-    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"vision_model\.vision_tower\.blocks\.(\d+)\.", k))}
-    mlp = need("vision_model.vision_tower.blocks.0.mlp.fc1.weight").shape[0]
-    heads = vparams.get("num_heads") or vparams.get("heads") or SIGLIP_HEADS.get(vparams.get("model_name"), width // 64)
-    vq = "gen_vision_model."
-    base = need(vq + "encoder.conv_in.weight").shape[0]
-    levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"gen_vision_model\.encoder\.conv_blocks\.(\d+)\.", k))})
-    mult = [need(f"{vq}encoder.conv_blocks.{i}.res.0.conv1.weight").shape[0] // base for i in levels]
-    n_res = len({int(m.group(1)) for k in sd if (m := re.match(r"gen_vision_model\.encoder\.conv_blocks\.0\.res\.(\d+)\.", k))})
-    codebook = need(vq + "quantize.embedding.weight")
-    embed = need("language_model.model.embed_tokens.weight")
-    n_layer = len({int(m.group(1)) for k in sd if (m := re.match(r"language_model\.model\.layers\.(\d+)\.", k))})
-    try:
-        return Config(
-            name=cfg.get("_name_or_path", "deepseek"),
-            n_layer=lang.get("num_hidden_layers", n_layer),
-            n_embd=embed.shape[1],
-            n_head=lang["num_attention_heads"] if "num_attention_heads" in lang else embed.shape[1] // 128,
-            n_query_groups=lang.get("num_key_value_heads") or lang.get("num_attention_heads", embed.shape[1] // 128),
-            intermediate_size=need("language_model.model.layers.0.mlp.gate_proj.weight").shape[0],
-            vocab_size=embed.shape[0],
-            max_position_embeddings=lang.get("max_position_embeddings", 16384),
-            rope_theta=lang.get("rope_theta", 10000.0),
-            rms_norm_eps=lang.get("rms_norm_eps", 1e-6),
-            vision_width=width,
-            vision_layers=len(blocks),
-            vision_heads=heads,
-            vision_mlp_ratio=mlp / width,
-            patch_size=patch,
-            image_size=int(math.isqrt(n_pos)) * patch,
-            codebook_size=codebook.shape[0],
-            codebook_dim=codebook.shape[1],
-            vq_base_channels=base,
-            vq_channel_multiplier=mult,
-            vq_num_res_blocks=n_res,
-            vq_latent_channels=need(vq + "quant_conv.weight").shape[1],
-        )
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"cannot derive the architecture from the DeepSeek checkpoint: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,43 +207,6 @@ def save_transformers(model, processor, out_dir: str | Path, dtype: torch.dtype 
         raise
     replace_dir(tmp, out)
     return out
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file or a directory tree, if there."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def replace_dir(new: Path, dest: Path) -> None:
-    """Give the finished `new` (a directory, or a file) the name `dest` (either, or nothing): the old `dest`
-    moves aside before the new one takes its name, and goes only after, so `dest` is never half of one and
-    half of the other."""
-    old = dest.with_name(dest.name + ".old")
-    remove_path(old)
-    if dest.exists() or dest.is_symlink():
-        os.replace(dest, old)
-    os.replace(new, dest)
-    try:
-        remove_path(old)
-    except OSError:
-        pass
-
-
-def recover_replaced(dest: Path) -> bool:
-    """Finish a `replace_dir(partial, dest)` killed between its two renames: `dest` is missing, `dest.old`
-    holds the previous checkpoint and the complete new one still has its temporary name. Returns whether
-    anything was recovered."""
-    old = dest.with_name(dest.name + ".old")
-    if dest.exists() or dest.is_symlink() or not old.exists():
-        return False
-    partial = dest.with_name(f".{dest.name}.partial")
-    # `replace_dir` only runs once the partial is whole, so with `dest` gone it is the newest checkpoint
-    os.replace(partial if partial.exists() else old, dest)
-    remove_path(old)
-    return True
 
 
 def _is_export(d: Path) -> bool:
@@ -716,7 +426,7 @@ def read_config_and_processor(path: str | Path, max_length: int | None = None):
         if p.with_name(p.name + ".old").exists():
             hint += (f"; {p.name}.old is there: its run was killed while saving, between two renames - resume "
                      "that run with --ckpt_path pointing here (which restores it) or call "
-                     "lit_janus.checkpoint.recover_replaced on this path")
+                     "lit_janus.atomic.recover_replaced on this path")
         raise CheckpointError(f"checkpoint not found: {p}{hint}")
     if p.is_dir() and (p / "config.json").is_file():
         layout = detect_layout(p)
@@ -763,3 +473,21 @@ def load_any(path: str | Path, *, dtype: torch.dtype = torch.float32, device: st
     model = build_model(config, _model_state_from_lightning(sd, str(p)), dtype=dtype, device=device,
                         attn_implementation=attn_implementation, source=f"Lightning checkpoint {p}")
     return model, processor
+
+
+# CheckpointError and detect_layout are re-exported: every loader here raises the one, and callers
+# choose a loader by the other.
+__all__ = [
+    "CheckpointError",
+    "PRETRAINED_CONTEXT",
+    "build_model",
+    "detect_layout",
+    "init_nonpersistent_buffers",
+    "lightning_metadata",
+    "load_any",
+    "load_pretrained",
+    "load_tokenizer",
+    "processor_for",
+    "read_config_and_processor",
+    "save_transformers",
+]

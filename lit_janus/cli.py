@@ -104,7 +104,7 @@ def _recover_ckpt_path(args: list[str]) -> None:
         path = a.split("=", 1)[1] if a.startswith("--ckpt_path=") else args[i + 1] if (
             a == "--ckpt_path" and i + 1 < len(args)) else None
         if path and "://" not in path and path not in ("last", "best", "hpc", "registry"):
-            from lit_janus.checkpoint import recover_replaced
+            from lit_janus.atomic import recover_replaced
 
             if recover_replaced(Path(path)):
                 warnings.warn(f"{path}: restored from a save that was interrupted while renaming")

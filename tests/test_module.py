@@ -330,12 +330,12 @@ def test_a_save_killed_between_its_renames_resumes_from_the_new_checkpoint(tmp_p
     from the newest step."""
     from pathlib import Path
 
-    from lit_janus import checkpoint, cli
+    from lit_janus import atomic, checkpoint, cli
     from lit_janus.callbacks import Checkpoint
 
     ckpts = tmp_path / "ckpt"
     cb = Checkpoint(dirpath=str(ckpts), save_last=True, save_top_k=0, every_n_train_steps=1)
-    replace, calls = checkpoint.os.replace, []
+    replace, calls = atomic.os.replace, []
 
     def replace_then_die(src, dst):
         if Path(dst).parent == ckpts:
@@ -344,11 +344,11 @@ def test_a_save_killed_between_its_renames_resumes_from_the_new_checkpoint(tmp_p
                 raise RuntimeError("killed between the renames")
         replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace_then_die)
+    monkeypatch.setattr(atomic.os, "replace", replace_then_die)
     with pytest.raises(RuntimeError, match="killed between"):
         _trainer(tmp_path, max_steps=3, callbacks=[cb], enable_checkpointing=True).fit(
             _module(tiny_hf_dir, stage=2), SyntheticData(tiny_processor))
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     last = ckpts / "last.ckpt"
     assert sorted(f.name for f in ckpts.iterdir()) == [".last.ckpt.partial", "last.ckpt.old"]
     with pytest.raises(checkpoint.CheckpointError, match="last.ckpt.old is there"):  # init_from names it

@@ -46,7 +46,7 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from lit_janus.checkpoint import recover_replaced  # noqa: E402
+from lit_janus.atomic import recover_replaced  # noqa: E402
 from lit_janus.cli import JanusCLI  # noqa: E402
 from lit_janus.predict.writers import atomic_write  # noqa: E402
 
@@ -616,7 +616,7 @@ class Pipeline:
 def _replace_files(dest: Path, files: list[Path]) -> None:
     """Copy `files` into `dest` as one swap: a kill never leaves a VQ from one run beside an encoder
     from another (the demo reuses what it finds). Other files in `dest` (its README) are kept."""
-    from lit_janus.checkpoint import replace_dir
+    from lit_janus.atomic import replace_dir
 
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -91,6 +91,12 @@ def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = Non
     if bad:
         raise CheckpointError(f"{source} holds {len(bad)} weight(s) that are not floating point, where the model "
                               f"has weights: {', '.join(bad[:6])}; was it quantised or written by another tool?")
+    # a diverged run saves NaN weights without complaint; they would only show up as blank images or
+    # empty answers much later, so refuse them here (one pass over the weights, cheap next to reading them)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite values in {len(bad)} tensor(s): {', '.join(bad[:6])}; "
+                              "the run that wrote it had probably diverged: load an earlier checkpoint")
     model.janus.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
                                 strict=True, assign=True)
     init_nonpersistent_buffers(model)

@@ -105,7 +105,7 @@ def test_missing_shard_and_corrupt_file(tmp_path, tiny_hf_dir):
         load_pretrained(d)
 
 
-def test_shape_mismatch_and_unknown_keys(tmp_path, tiny_hf_dir):
+def test_mismatched_keys_shapes_dtypes_and_non_finite_weights_are_refused(tmp_path, tiny_hf_dir):
     from safetensors.torch import load_file, save_file
 
     d = _copy(tiny_hf_dir, tmp_path)
@@ -125,6 +125,12 @@ def test_shape_mismatch_and_unknown_keys(tmp_path, tiny_hf_dir):
     save_file(sd, str(d / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"1 weight\(s\) that are not floating point.*model.aligner.fc1.weight "
                                               r"\(torch.int32\)"):
+        load_pretrained(d)
+    sd = load_file(str(tiny_hf_dir / "model.safetensors"))  # a diverged run's weights
+    sd["model.language_model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    sd["lm_head.weight"][1, 2] = float("inf")
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in 2 tensor\(s\): .*lm_head.weight"):
         load_pretrained(d)
 
 

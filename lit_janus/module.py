@@ -69,13 +69,29 @@ def stop_if_not_finite(trainer, finite: bool, what: str) -> None:
 
 
 class WarmupConstantLR(LambdaLR):
-    """Linear warm-up from ~0 to the base LR over `warmup_steps`, then constant (Janus-Pro's schedule)."""
+    """Linear warm-up from ~0 to the base LR over `warmup_steps`, then constant (Janus-Pro's schedule).
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0):
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.warmup_steps = warmup_steps
-        super().__init__(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+    With `decay_steps` > 0 the LR then follows a cosine from the base LR down to 0 over `decay_steps`
+    steps starting at step `decay_start` (warm-up / stable / decay). The paper's stages are constant; at
+    ShapesWorld scale on a CPU a cool-down at the end of Stage II lifted ShapesEval by 0.07-0.14
+    (configs/shapes/README.md, "Caption order").
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0, decay_start: int | None = None,
+                 decay_steps: int = 0):
+        if warmup_steps < 0 or decay_steps < 0:
+            raise ValueError(f"warmup_steps and decay_steps must be >= 0, got {warmup_steps} and {decay_steps}")
+        if decay_steps and (decay_start is None or decay_start < warmup_steps):
+            raise ValueError(f"decay_steps {decay_steps} needs decay_start (the step the cool-down begins), at or "
+                             f"after the warm-up's end ({warmup_steps}); got {decay_start}")
+        self.warmup_steps, self.decay_start, self.decay_steps = warmup_steps, decay_start, decay_steps
+
+        def factor(step: int) -> float:
+            if decay_steps and step >= decay_start:
+                return 0.5 * (1.0 + math.cos(math.pi * min(step - decay_start, decay_steps) / decay_steps))
+            return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+        super().__init__(optimizer, factor)
 
 
 def _default_optimizer(params):

@@ -93,6 +93,22 @@ def test_warmup_then_constant():
     assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
 
 
+def test_warmup_constant_then_cosine_cool_down():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = WarmupConstantLR(opt, warmup_steps=2, decay_start=4, decay_steps=4)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # cos(pi t / 4) for t = 0..4 gives 1, 0.854, 0.5, 0.146, 0 of the base LR; it stays at 0 after
+    assert lrs == pytest.approx([1.0, 2.0, 2.0, 2.0, 2.0, 1.7071068, 1.0, 0.2928932, 0.0, 0.0])
+    with pytest.raises(ValueError, match="needs decay_start"):
+        WarmupConstantLR(opt, warmup_steps=10, decay_steps=5)
+    with pytest.raises(ValueError, match="at or after the warm-up"):
+        WarmupConstantLR(opt, warmup_steps=10, decay_start=5, decay_steps=5)
+
+
 def test_logs_three_losses_and_encodes_images_on_the_fly(tmp_path, tiny_hf_dir, tiny_processor):
     module = _module(tiny_hf_dir, stage=2)
     trainer = _trainer(tmp_path, max_steps=2)

@@ -347,7 +347,8 @@ def test_probe_reads_a_full_checkpoint_before_and_after_the_aligner(tmp_path):
 def test_pipeline_files_parse():
     from lit_janus.shapes.pipeline import PRESETS_DIR, PipelineSpec
 
-    for name in ("demo", "full", "full_cpu", "full_cpu_long", "gen_only_cpu", "micro", "tokenizers", "encoder"):
+    for name in ("demo", "full", "full_cpu", "full_cpu_long", "full_cpu_decay", "gen_only_cpu", "micro", "tokenizers",
+                 "encoder"):
         spec, base = PipelineSpec.load(PRESETS_DIR / f"{name}.yaml")
         for st in [*spec.stage0, *spec.stages, *(s for ab in spec.ablations for s in ab["stages"])]:
             assert (base / st.config).is_file(), (name, st.config)

@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> dict:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", help="pipeline file (e.g. configs/shapes/demo.yaml)")
     g.add_argument("--preset", help="a pipeline file in configs/shapes by name: demo, full, full_cpu, "
-                   "full_cpu_long, gen_only_cpu, tokenizers, encoder, micro")
+                   "full_cpu_long, full_cpu_decay, gen_only_cpu, tokenizers, encoder, micro")
     p.add_argument("--out", default=None, help="output directory (default: runs/shapes_<name>)")
     p.add_argument("--accelerator", default=None, help="override the trainer accelerator of every run (cpu/gpu)")
     p.add_argument("--precision", default=None, help="override the trainer precision of every run (32-true, bf16-mixed)")

@@ -273,3 +273,22 @@ def test_lightning_checkpoints_keep_their_context_length(tmp_path, tiny_hf_dir, 
     assert read_config_and_processor(path)[1].max_length == 512
     assert load_any(path, max_length=300)[1].max_length == 300
     assert load_any(tiny_hf_dir)[1].max_length == 4096
+
+
+def test_the_slurm_script_restores_a_save_killed_between_its_renames(tmp_path):
+    """scripts/slurm_fit.sh restores `last.ckpt` in one process before `srun` starts the ranks: run its
+    Python line on the files a save killed between `replace_dir`'s two renames leaves behind."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (Path(__file__).parents[1] / "scripts" / "slurm_fit.sh").read_text()
+    code = re.search(r'^python -c "(.*)" "\$LAST"$', script, re.M).group(1)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "last.ckpt.old").write_text("step 2")
+    (ckpts / ".last.ckpt.partial").write_text("step 3")
+    subprocess.run([sys.executable, "-c", code, str(ckpts / "last.ckpt")], check=True)
+    assert (ckpts / "last.ckpt").read_text() == "step 3"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]

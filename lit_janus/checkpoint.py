@@ -27,7 +27,7 @@ import torch
 
 from lit_janus.atomic import replace_dir
 from lit_janus.config import Config
-from lit_janus.deepseek_layout import KNOWN_UNUSED, config_from_deepseek, deepseek_to_transformers, describe_unused
+from lit_janus.deepseek_layout import config_from_deepseek, deepseek_to_transformers, describe_unused, known_unused
 from lit_janus.tokenizer import DEFAULT_SYSTEM_PROMPT
 from lit_janus.weight_files import CheckpointError, detect_layout, read_json, read_weights
 
@@ -164,7 +164,7 @@ def load_pretrained(directory: str | Path, *, dtype: torch.dtype = torch.float32
         sd, dropped = deepseek_to_transformers(sd)
     else:
         config = Config.from_hf(raw_cfg, name=raw_cfg.get("_name_or_path") or d.name)
-        dropped = [k for k in sd if any(p.search(k) for p in KNOWN_UNUSED)]
+        dropped = [k for k in sd if known_unused(k)]
         for k in dropped:
             sd.pop(k)
     if dropped:

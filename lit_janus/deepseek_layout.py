@@ -21,6 +21,12 @@ KNOWN_UNUSED = (re.compile(r"^vision_model\.vision_tower\.attn_pool\."), re.comp
 # Heads cannot be read off weight shapes; DeepSeek's config only names a SigLIP preset.
 SIGLIP_HEADS = {"siglip_large_patch16_384": 16, "siglip_so400m_patch14_384": 16, "siglip_so400m_patch14_224": 16}
 
+
+def known_unused(key: str) -> bool:
+    """Whether `key` is one of the two kinds of weights Janus-Pro never uses (in either layout)."""
+    return any(p.search(key) for p in KNOWN_UNUSED)
+
+
 _VQ_RENAMES = [
     (re.compile(r"^(encoder)\.conv_blocks\.(\d+)\.res\.(\d+)\."), r"\1.down.\2.block.\3."),
     (re.compile(r"^(encoder)\.conv_blocks\.(\d+)\.attn\.(\d+)\."), r"\1.down.\2.attn.\3."),
@@ -67,7 +73,7 @@ def deepseek_to_transformers(sd: dict[str, torch.Tensor]) -> tuple[dict[str, tor
     out: dict[str, torch.Tensor] = {}
     dropped, unknown = [], []
     for key, t in sd.items():
-        if any(p.search(key) for p in KNOWN_UNUSED):
+        if known_unused(key):
             dropped.append(key)
             continue
         new = None

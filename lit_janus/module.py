@@ -71,24 +71,29 @@ def stop_if_not_finite(trainer, finite: bool, what: str) -> None:
 class WarmupConstantLR(LambdaLR):
     """Linear warm-up from ~0 to the base LR over `warmup_steps`, then constant (Janus-Pro's schedule).
 
-    With `decay_steps` > 0 the LR then follows a cosine from the base LR down to 0 over `decay_steps`
-    steps starting at step `decay_start` (warm-up / stable / decay). The paper's stages are constant; at
-    ShapesWorld scale on a CPU a 1000-step cool-down after Stage II took ShapesEval from 0.61 to 0.70
-    (configs/shapes/README.md, "Generation alone"), and `full.yaml` ends Stages II and III with one.
+    With `decay_steps` > 0 the LR then follows a cosine from the base LR down to `final_fraction` of it
+    over `decay_steps` steps starting at step `decay_start` (warm-up / stable / decay). The paper's stages
+    are constant; at ShapesWorld scale on a CPU a 1000-step cool-down after Stage II took ShapesEval from
+    0.61 to 0.70 (configs/shapes/README.md, "Generation alone"), and `full.yaml` ends Stages II and III
+    with one. Stage 0 decays right after its warm-up (`lit_janus.shapes.vq_training.warmup_cosine`).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0, decay_start: int | None = None,
-                 decay_steps: int = 0):
+                 decay_steps: int = 0, final_fraction: float = 0.0):
         if warmup_steps < 0 or decay_steps < 0:
             raise ValueError(f"warmup_steps and decay_steps must be >= 0, got {warmup_steps} and {decay_steps}")
         if decay_steps and (decay_start is None or decay_start < warmup_steps):
             raise ValueError(f"decay_steps {decay_steps} needs decay_start (the step the cool-down begins), at or "
                              f"after the warm-up's end ({warmup_steps}); got {decay_start}")
+        if not 0.0 <= final_fraction <= 1.0:
+            raise ValueError(f"final_fraction must be in [0, 1], got {final_fraction}")
         self.warmup_steps, self.decay_start, self.decay_steps = warmup_steps, decay_start, decay_steps
+        self.final_fraction = final_fraction
 
         def factor(step: int) -> float:
             if decay_steps and step >= decay_start:
-                return 0.5 * (1.0 + math.cos(math.pi * min(step - decay_start, decay_steps) / decay_steps))
+                cosine = 0.5 * (1.0 + math.cos(math.pi * min(step - decay_start, decay_steps) / decay_steps))
+                return final_fraction + (1.0 - final_fraction) * cosine
             return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
         super().__init__(optimizer, factor)

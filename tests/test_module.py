@@ -107,6 +107,25 @@ def test_warmup_constant_then_cosine_cool_down():
         WarmupConstantLR(opt, warmup_steps=10, decay_steps=5)
     with pytest.raises(ValueError, match="at or after the warm-up"):
         WarmupConstantLR(opt, warmup_steps=10, decay_start=5, decay_steps=5)
+    with pytest.raises(ValueError, match="final_fraction"):
+        WarmupConstantLR(opt, final_fraction=1.5)
+
+
+def test_stage0_schedule_is_the_cool_down_from_the_end_of_the_warm_up():
+    from lit_janus.shapes.vq_training import warmup_cosine
+
+    def lrs(*args):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, out = warmup_cosine(opt, *args), []
+        for _ in range(8):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    # warm-up over 2 steps, then cosine from 1 to 0.1 over steps 2..6, then 0.1
+    assert lrs(2, 6, 0.1) == pytest.approx([0.5, 1.0, 1.0, 0.8681981, 0.55, 0.2318019, 0.1, 0.1])
+    assert lrs(2, None, 0.1) == lrs(2, 6, 1.0) == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
 
 
 def test_logs_three_losses_and_encodes_images_on_the_fly(tmp_path, tiny_hf_dir, tiny_processor):

@@ -48,20 +48,14 @@ def resolve_config(config: str | Config, overrides: dict | None = None) -> Confi
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int | None, final_fraction: float = 0.1):
     """Linear warm-up, then cosine decay to `final_fraction` of the LR at `total_steps` (constant after
     warm-up when `total_steps` is unknown or `final_fraction` is 1). The stage-0 schedule (the
-    encoders are not part of Janus-Pro's recipe); Stages I-III keep Janus-Pro's constant LR."""
-    import math
+    encoders are not part of Janus-Pro's recipe): Stages I-III's `WarmupConstantLR` with its cool-down
+    starting where the warm-up ends."""
+    from lit_janus.module import WarmupConstantLR
 
-    from torch.optim.lr_scheduler import LambdaLR
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if not total_steps or total_steps <= warmup_steps or final_fraction >= 1:
-            return 1.0
-        t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return LambdaLR(optimizer, factor)
+    if not total_steps or total_steps <= warmup_steps or final_fraction >= 1:
+        return WarmupConstantLR(optimizer, warmup_steps)
+    return WarmupConstantLR(optimizer, warmup_steps, decay_start=warmup_steps, decay_steps=total_steps - warmup_steps,
+                            final_fraction=final_fraction)
 
 
 def _total_steps(module) -> int | None:

@@ -344,11 +344,17 @@ def test_probe_reads_a_full_checkpoint_before_and_after_the_aligner(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the pipeline
 # ---------------------------------------------------------------------------------------------
-def test_pipeline_files_parse():
-    from lit_janus.shapes.pipeline import PRESETS_DIR, PipelineSpec
+def test_pipeline_files_parse(capsys):
+    from lit_janus.shapes.pipeline import main
+    from lit_janus.shapes.pipeline_spec import PRESETS_DIR, PipelineSpec, presets
 
-    for name in ("demo", "full", "full_cpu", "full_cpu_long", "full_cpu_decay", "gen_only_cpu", "micro", "tokenizers",
-                 "encoder"):
+    names = presets()  # the pipeline files in configs/shapes, not the stage configs beside them
+    assert {"demo", "full", "full_cpu", "full_cpu_decay", "micro", "tokenizers", "encoder"} <= set(names)
+    assert not {"stage1", "stage2", "stage3", "stage0_vq"} & set(names)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "full_cpu_decay" in " ".join(capsys.readouterr().out.split())  # --preset's help lists them
+    for name in names:
         spec, base = PipelineSpec.load(PRESETS_DIR / f"{name}.yaml")
         for st in [*spec.stage0, *spec.stages, *(s for ab in spec.ablations for s in ab["stages"])]:
             assert (base / st.config).is_file(), (name, st.config)
@@ -356,7 +362,7 @@ def test_pipeline_files_parse():
 
 def test_pipeline_file_mistakes_are_reported_before_any_run(tmp_path):
     """A typo in a later stage was found only after the stages before it had trained (half an hour in)."""
-    from lit_janus.shapes.pipeline import PipelineSpec
+    from lit_janus.shapes.pipeline_spec import PipelineSpec
 
     stage1 = ROOT / "configs/shapes/stage1.yaml"
     cases = {
@@ -375,7 +381,7 @@ def test_pipeline_file_mistakes_are_reported_before_any_run(tmp_path):
 
 
 def test_pipeline_refuses_repeated_run_names(tmp_path):
-    from lit_janus.shapes.pipeline import PipelineSpec
+    from lit_janus.shapes.pipeline_spec import PipelineSpec
 
     (tmp_path / "a.yaml").write_text("")
     (tmp_path / "b.yaml").write_text("")
@@ -388,7 +394,7 @@ def test_pipeline_refuses_repeated_run_names(tmp_path):
 def test_pipeline_refuses_more_than_one_device(tmp_path):
     """Each run is a `fit` inside the pipeline's process: Lightning would start the other ranks by running
     the pipeline's command again."""
-    from lit_janus.shapes.pipeline import PipelineSpec
+    from lit_janus.shapes.pipeline_spec import PipelineSpec
 
     stage1 = ROOT / "configs/shapes/stage1.yaml"
     (tmp_path / "p.yaml").write_text(f"name: x\ntrainer: {{devices: 2}}\nstages:\n  - {{name: s, config: {stage1}, max_steps: 1}}\n")
@@ -422,7 +428,8 @@ def test_pipeline_checks_the_built_trainer_before_fit(tmp_path):
     before `fit` would launch the other processes."""
     import dataclasses
 
-    from lit_janus.shapes.pipeline import Pipeline, PipelineSpec
+    from lit_janus.shapes.pipeline import Pipeline
+    from lit_janus.shapes.pipeline_spec import PipelineSpec
 
     spec, base = PipelineSpec.load(_micro_spec(tmp_path, stages=False))
     spec = dataclasses.replace(spec, trainer={**spec.trainer, "accelerator": "cpu", "devices": 2})  # as "auto" on 2 GPUs
@@ -434,7 +441,7 @@ def test_pipeline_checks_the_built_trainer_before_fit(tmp_path):
 
 def test_smoke_cuts_every_run_and_exports_nothing():
     """`--smoke`: the GPU presets checked end to end on a laptop (every run, branch and evaluation)."""
-    from lit_janus.shapes.pipeline import PRESETS_DIR, PipelineSpec
+    from lit_janus.shapes.pipeline_spec import PRESETS_DIR, PipelineSpec
 
     full, _ = PipelineSpec.load(PRESETS_DIR / "full.yaml")
     smoke = full.smoke(3)

@@ -20,7 +20,8 @@ A stopped pipeline resumes: rerun the same command (same --out). Finished runs e
 evaluations run again), a stopped one continues from its last.ckpt; a run whose settings changed is
 refused rather than mixed with the old one.
 
-A pipeline file (YAML) names the stage configs and sets steps and sizes; see configs/shapes/demo.yaml.
+A pipeline file (YAML) names the stage configs and sets steps and sizes; see configs/shapes/demo.yaml
+(read and checked by `pipeline_spec`; the table is written by `report`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -49,180 +48,8 @@ import yaml  # noqa: E402
 from lit_janus.atomic import recover_replaced  # noqa: E402
 from lit_janus.cli import JanusCLI  # noqa: E402
 from lit_janus.predict.writers import atomic_write  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-PRESETS_DIR = ROOT / "configs" / "shapes"
-
-
-# ---------------------------------------------------------------------------------------------
-# the pipeline file
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class StageSpec:
-    name: str
-    config: str
-    """LightningCLI config of the stage (relative to the pipeline file)."""
-    max_steps: int
-    set: dict[str, Any] = field(default_factory=dict)
-    """Overrides as dotted keys (`data.init_args.global_batch_size: 32`) merged over the config."""
-    init_from: str | None = None
-    """Stage whose checkpoint this one starts from (default: the previous one; `init` = the assembled checkpoint)."""
-    evaluate: bool = True
-    eval_every: int = 0
-    """ShapesEval/VQA logged to TensorBoard every this many steps during training (0: off)."""
-    label: str | None = None
-    """Row name in the results table."""
-
-
-@dataclass
-class PipelineSpec:
-    name: str = "shapes"
-    description: str = ""
-    model: dict[str, Any] = field(default_factory=dict)
-    """`Config` overrides of the `shapes` preset for the assembled model (e.g. a smaller LLM)."""
-    stage0_reuse: str | None = None
-    """Directory with vq.safetensors / vision.safetensors / stage0.json: skip stages 0a/0b and use them."""
-    stage0: list[StageSpec] = field(default_factory=list)
-    """[vq, siglip] training runs (used when `stage0_reuse` is unset or missing)."""
-    stage0_retrain: list[str] = field(default_factory=list)
-    """Names of stage0 runs to train even though `stage0_reuse` exists; the other part is reused."""
-    export_stage0: str | None = None
-    """Also copy the trained stage-0 weights here (e.g. checkpoints/shapes/stage0, what demo.yaml reuses)."""
-    stages: list[StageSpec] = field(default_factory=list)
-    ablations: list[dict[str, Any]] = field(default_factory=list)
-    """Branches: {name, from: <stage>, stages: [StageSpec...], model: {Config overrides}} - evaluated like
-    the main line. With `model` the branch starts from its own assembled checkpoint (same stage 0 and
-    seed, e.g. `{und_encoder: vq}`), so `from` must be `init`."""
-    trainer: dict[str, Any] = field(default_factory=dict)
-    """Trainer overrides applied to every run (accelerator, precision, ...)."""
-    eval: dict[str, Any] = field(default_factory=dict)
-    """`EvalSpec` fields for the after-stage evaluations."""
-    eval_init: bool = False
-    """Also evaluate the assembled (untrained) model: the 'before' row."""
-    print_categories: list[str] = field(default_factory=lambda: ["single_object", "colors"])
-    seed: int = 0
-    checkpoint_every: int = 200
-    """Steps between each run's `last.ckpt` (also at its end): what a rerun of a stopped pipeline resumes from."""
-
-    @classmethod
-    def load(cls, path: str | Path) -> tuple["PipelineSpec", Path]:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: a pipeline file is a mapping (name, stage0, stages, ...), not a {type(data).__name__}")
-
-        def stages(items):
-            if items is not None and not isinstance(items, list):
-                raise ValueError(f"{p}: stage lists are lists of runs ({{name, config, max_steps, ...}}), got {items!r}")
-            out = []
-            for s in items or []:
-                try:
-                    out.append(StageSpec(**s))
-                except TypeError as e:  # a misspelt or missing key
-                    fields = ", ".join(f.name for f in dataclasses.fields(StageSpec))
-                    raise ValueError(f"{p}: run {s.get('name') if isinstance(s, dict) else s!r}: {e} (a run has: "
-                                     f"{fields})") from None
-                if not (p.parent / out[-1].config).is_file():  # found now, not after the stages before it
-                    raise FileNotFoundError(f"{p}: run {out[-1].name!r}: stage config {p.parent / out[-1].config} "
-                                            "not found (paths are relative to the pipeline file)")
-            return out
-
-        data["stage0"] = stages(data.get("stage0"))
-        data["stages"] = stages(data.get("stages"))
-        for ab in data.get("ablations") or []:
-            ab["stages"] = stages(ab.get("stages"))
-            if ab.get("model") and ab.get("from") != "init":
-                raise ValueError(f"{p}: ablation {ab.get('name')!r} changes the model ({ab['model']}), so it must "
-                                 f"start from: init (its own assembled checkpoint), not {ab.get('from')!r}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{p}: unknown pipeline keys {sorted(unknown)}")
-        from lit_janus.config import Config
-
-        for where, model in [("model", data.get("model") or {})] + [
-                (f"ablation {ab.get('name')!r} model", ab.get("model") or {}) for ab in data.get("ablations") or []]:
-            bad = sorted(set(model) - {f.name for f in dataclasses.fields(Config)})
-            if bad:
-                raise ValueError(f"{p}: {where}: unknown Config field(s) {bad}")
-        # each run is a `fit` inside this process; Lightning would start the other ranks of a multi-device
-        # run by running this command again, i.e. N whole pipelines. Refused here, before hours of earlier
-        # stages, where the stacked configs say so literally; `Pipeline.fit` checks the built trainer.
-        runs = data["stage0"] + data["stages"] + [s for ab in data.get("ablations") or [] for s in ab["stages"]]
-        for who, layout in [(f"run {s.name!r}", _trainer_layout(p.parent / s.config, data.get("trainer") or {}, s.set))
-                            for s in runs]:
-            if any((_device_count(layout.get(k, 1)) or 1) > 1 for k in ("devices", "num_nodes")):
-                raise ValueError(f"{p}: the pipeline trains on one device, but {who} asks for {layout}; run a "
-                                 "multi-device stage by hand from its <out>/<stage>/command.txt with --trainer.devices N")
-        # checkpoints, sample grids, logs and results are keyed by run name: a repeat would overwrite
-        names = [s.name for s in data["stage0"] + data["stages"]]
-        names += [s.name for ab in data.get("ablations") or [] for s in ab["stages"]]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"{p}: run names must be unique (each names its output folder), repeated: {repeated}")
-        return cls(**data), p.resolve().parent
-
-    def smoke(self, max_steps: int = 2) -> "PipelineSpec":
-        """The same pipeline cut to `max_steps` per run and a handful of evaluation prompts: every
-        config, override, branch and evaluation still runs, so a preset meant for a GPU can be checked
-        end to end on a laptop first. Nothing is exported (stage-0 weights of a smoke run are noise)."""
-
-        def cut(stages: list[StageSpec]) -> list[StageSpec]:
-            return [dataclasses.replace(s, max_steps=min(s.max_steps, max_steps),
-                                        eval_every=min(s.eval_every, max_steps)) for s in stages]
-
-        ev = {**self.eval, "n_per_category": 2, "n_heldout": min(2, self.eval.get("n_heldout", 2)),
-              "n_vqa": min(4, self.eval.get("n_vqa", 4)), "samples_per_category": 2}
-        return dataclasses.replace(
-            self, name=f"{self.name}_smoke", stage0=cut(self.stage0), stages=cut(self.stages),
-            ablations=[{**ab, "stages": cut(ab["stages"])} for ab in self.ablations], eval=ev,
-            export_stage0=None)
-
-
-def _trainer_layout(config: Path, trainer: dict, overrides: dict) -> dict[str, Any]:
-    """`trainer.devices` / `trainer.num_nodes` as a run would stack them: the stage config (and the files it
-    names under `defaults`), then the pipeline's `trainer`, then the run's `set`."""
-    from lit_janus.cli import expand_defaults
-
-    def pick(tree: Any) -> dict[str, Any]:
-        tree = tree.get("trainer") if isinstance(tree, dict) else None
-        return {k: v for k, v in tree.items() if k in ("devices", "num_nodes")} if isinstance(tree, dict) else {}
-
-    layout: dict[str, Any] = {}
-    for part in expand_defaults(config):
-        text = part if "\n" in part else Path(part).read_text()  # a path, or YAML text (always ends in a newline)
-        layout.update(pick(yaml.safe_load(text)))
-    layout.update(pick({"trainer": trainer}))
-    nested: dict[str, Any] = {}
-    for k, v in overrides.items():  # dotted keys, as `set` is documented, or a nested `trainer: {...}`
-        _set_dotted(nested, k, v)
-    layout.update(pick(nested))
-    return layout
-
-
-def _device_count(value: Any) -> int | None:
-    """How many devices a `devices`/`num_nodes` value names, or None where only the machine can say
-    ("auto", -1: all of them)."""
-    if isinstance(value, (list, tuple)):
-        return len(value)
-    text = str(value).strip()
-    if "," in text:  # "0,1" or "0,": a list of device indices
-        return len([t for t in text.split(",") if t.strip()])
-    try:
-        n = int(text)
-    except ValueError:
-        return None
-    return None if n < 0 else max(n, 1)
-
-
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    node = tree
-    parts = key.split(".")
-    for k in parts[:-1]:
-        node = node.setdefault(k, {})
-    node[parts[-1]] = value
+from lit_janus.shapes.pipeline_spec import PRESETS_DIR, ROOT, PipelineSpec, StageSpec, presets, set_dotted  # noqa: E402
+from lit_janus.shapes.report import hardware, row_line, step_times_line, write_results  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,24 +113,24 @@ class Pipeline:
         from lit_janus.cli import main
 
         overlay: dict[str, Any] = {"seed_everything": self.spec.seed}
-        _set_dotted(overlay, "trainer.max_steps", stage.max_steps)
-        _set_dotted(overlay, "trainer.logger", {
+        set_dotted(overlay, "trainer.max_steps", stage.max_steps)
+        set_dotted(overlay, "trainer.logger", {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(self.out / "tb"), "name": stage.name, "version": ""}})
-        _set_dotted(overlay, "trainer.callbacks", self._callbacks(stage, eval_callback))
-        _set_dotted(overlay, "trainer.enable_model_summary", False)
+        set_dotted(overlay, "trainer.callbacks", self._callbacks(stage, eval_callback))
+        set_dotted(overlay, "trainer.enable_model_summary", False)
         for k, v in self.spec.trainer.items():
-            _set_dotted(overlay, f"trainer.{k}", v)
+            set_dotted(overlay, f"trainer.{k}", v)
         cfg = self.model_config()
         if stage0:  # the stage-0 modules build the visual parts at the assembled model's sizes
-            _set_dotted(overlay, "model.init_args.overrides", dict(self.spec.model))
+            set_dotted(overlay, "model.init_args.overrides", dict(self.spec.model))
         else:
-            _set_dotted(overlay, "data.init_args.num_image_tokens", cfg.num_image_tokens)
-        _set_dotted(overlay, "data.init_args.image_size", cfg.image_size)
+            set_dotted(overlay, "data.init_args.num_image_tokens", cfg.num_image_tokens)
+        set_dotted(overlay, "data.init_args.image_size", cfg.image_size)
         if init_from is not None:
-            _set_dotted(overlay, "model.init_args.init_from", init_from)
+            set_dotted(overlay, "model.init_args.init_from", init_from)
         for k, v in stage.set.items():
-            _set_dotted(overlay, k, v)
+            set_dotted(overlay, k, v)
         (self.out / stage.name).mkdir(parents=True, exist_ok=True)
         overlay_path = self.out / stage.name / "overlay.yaml"
         text = ("# written by lit_janus.shapes.pipeline: this run's settings over the stage config\n"
@@ -335,7 +162,7 @@ class Pipeline:
         times = next((cb.summary() for cb in cli.trainer.callbacks if isinstance(cb, StepTimes)), {})
         if times:
             self.step_times[stage.name] = times
-            self.log(f"[{self.elapsed()}] {stage.name}: per step (median ms) " + _step_times_line(times))
+            self.log(f"[{self.elapsed()}] {stage.name}: per step (median ms) " + step_times_line(times))
         return cli
 
     # ---- stage 0 + assemble -----------------------------------------------------------------
@@ -450,18 +277,7 @@ class Pipeline:
         return row
 
     def _row_line(self, row: dict) -> str:
-        g = row.get("geneval", {})
-        parts = [f"{c} {g[c]:.2f} (exact {g[f'exact_{c}']:.2f})" if f"exact_{c}" in g else f"{c} {g[c]:.2f}"
-                 for c in self.spec.print_categories if c in g]
-        if "overall" in g:
-            parts.append(f"overall {g['overall']:.2f}")
-        if "exact" in g:
-            parts.append(f"exact-scene {g['exact']:.2f}")
-        if row.get("heldout"):
-            parts.append(f"held-out overall {row['heldout'].get('overall', 0):.2f}")
-        if row.get("vqa") is not None:
-            parts.append(f"VQA {row['vqa']:.2f}")
-        return f"[{self.elapsed()}] {row['label']}: " + ", ".join(parts)
+        return f"[{self.elapsed()}] " + row_line(row, self.spec.print_categories)
 
     def _tb_log(self, index: int, row: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -490,73 +306,10 @@ class Pipeline:
     # ---- reporting ------------------------------------------------------------------------------
     def write_results(self, complete: bool = False) -> None:
         """results.json / results.md (atomically): after every evaluation, `complete` once the run ends."""
-        from lit_janus.shapes.evaluate import TABLE_COLUMNS
-        from lit_janus.shapes.world import CATEGORIES
-
-        total = time.perf_counter() - self.t0
-        hardware = _hardware()
-        data = {"pipeline": self.spec.name, "description": self.spec.description, "rows": self.rows,
-                "timings_s": self.timings, "step_times_ms": self.step_times, "total_s": total, "hardware": hardware,
-                "command": " ".join(["python -m lit_janus.shapes.pipeline", *sys.argv[1:]]),
-                "checkpoints": self.checkpoints, "complete": complete, **self.extra}
-        atomic_write(self.out / "results.json", lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
-
-        cols = [*TABLE_COLUMNS, "Exact scene", "Held-out Colors", "Held-out Color Attri.", "VQA"]
-        lines = [f"# ShapesWorld results: {self.spec.name}", "",
-                 self.spec.description.strip(), "",
-                 f"Command: `{data['command']}`  ",
-                 f"Hardware: {hardware}  ",
-                 f"Wall time: {total:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in self.timings.items()) + ")",
-                 *([] if complete else ["", "**Incomplete**: the run has not finished (or stopped) after the last "
-                                            "row below; rerun the same command to resume it."]),
-                 "", "| Row | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        for r in self.rows:
-            g, h = r.get("geneval", {}), r.get("heldout", {})
-            cells = [f"{g[c]:.2f}" if c in g else "-" for c in (*CATEGORIES, "overall", "exact")]
-            cells += [f"{h[c]:.2f}" if c in h else "-" for c in ("colors", "color_attr")]
-            cells.append(f"{r['vqa']:.2f}" if r.get("vqa") is not None else "-")
-            lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-        exact_rows = [r for r in self.rows if any(k.startswith("exact_") for k in r.get("geneval", {}))]
-        if exact_rows:
-            cats = [c for c in CATEGORIES if any(f"exact_{c}" in r["geneval"] for r in exact_rows)]
-            lines += ["", "Exact-scene rate per category (passes GenEval's rule and holds nothing else):", "",
-                      "| Row | " + " | ".join(TABLE_COLUMNS[CATEGORIES.index(c)] for c in cats) + " | Held-out |",
-                      "|---|" + "---|" * (len(cats) + 1)]
-            for r in exact_rows:
-                g, h = r["geneval"], r.get("heldout", {})
-                cells = [f"{g[f'exact_{c}']:.2f}" if f"exact_{c}" in g else "-" for c in cats]
-                cells.append(f"{h['exact']:.2f}" if "exact" in h else "-")
-                lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-        spec = self.eval_spec()
-        lines += ["", f"ShapesEval: {spec.n_per_category} prompts per category (train split, new draws), "
-                      f"{spec.n_heldout} per held-out category (colour-shape combos never trained as generation "
-                      f"targets); CFG weight {spec.cfg_weight}, temperature {spec.temperature}. VQA: "
-                      f"{spec.n_vqa} questions on held-out scenes (world seed {spec.seed}), greedy, exact match. "
-                      "Overall = mean of the categories scored (GenEval's rules: at least the named objects). "
-                      "Exact scene = images that pass and hold nothing but the named objects (mean over the "
-                      "categories): this detector finds 'shapes' in any colour blob, so an untrained model's "
-                      "scattered blobs pass GenEval's 'at least' rules; read Exact beside Overall.", ""]
-        vqa_rows = [r for r in self.rows if r.get("vqa_by_type")]
-        if vqa_rows:
-            types = sorted({t for r in vqa_rows for t in r["vqa_by_type"]})
-            lines += ["VQA by question type:", "", "| Row | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
-            for r in vqa_rows:
-                lines.append(f"| {r['label']} | " + " | ".join(f"{r['vqa_by_type'].get(t, 0):.2f}" for t in types) + " |")
-            lines.append("")
-        if self.extra.get("stage0"):
-            lines += ["Stage 0: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                              for k, v in self.extra["stage0"].items()), ""]
-        samples = sorted((self.out / "samples").glob("*.png")) if (self.out / "samples").is_dir() else []
-        if samples:
-            lines += ["Samples (one row per category: " + ", ".join(spec.categories or CATEGORIES)
-                      + (", then the held-out colors / color_attr" if spec.n_heldout else "") + "):", ""]
-            lines += [f"- {r['label']}: ![{r['name']}](samples/{r['name']}.png)" for r in self.rows
-                      if (self.out / "samples" / f"{r['name']}.png").is_file()]
-        if self.step_times:
-            lines += ["", "Milliseconds per training step (medians; `lit_janus.callbacks.StepTimes`: period = data + "
-                          "step; gpu backlog near 0 means the GPU waits for Python):", ""]
-            lines += [f"- {name}: " + _step_times_line(t) for name, t in self.step_times.items()]
-        atomic_write(self.out / "results.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+        write_results(self.out, name=self.spec.name, description=self.spec.description, rows=self.rows,
+                      eval_spec=self.eval_spec(), timings=self.timings, step_times=self.step_times,
+                      total_s=time.perf_counter() - self.t0, checkpoints=self.checkpoints, extra=self.extra,
+                      complete=complete)
 
     # ---- the whole run --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -597,8 +350,6 @@ class Pipeline:
     def _ceilings_only(self, model, processor) -> None:
         from lit_janus.shapes.evaluate_model import score, t2i_set, vq_reconstructions
 
-        import dataclasses
-
         spec = dataclasses.replace(self.eval_spec(), image_size=model.config.image_size)
         t = time.perf_counter()
         _, metas, gt = t2i_set(spec, "train")
@@ -626,35 +377,11 @@ def _replace_files(dest: Path, files: list[Path]) -> None:
     replace_dir(tmp, dest)
 
 
-def _step_times_line(times: dict[str, float]) -> str:
-    names = {"period_ms": "period", "data_ms": "data", "step_ms": "step", "gpu_backlog_ms": "gpu backlog"}
-    parts = [f"{label} {times[k]:.1f}" for k, label in names.items() if k in times]
-    return ", ".join(parts) + f" ({times.get('steps', 0)} steps)"
-
-
-def _hardware() -> str:
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    s = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    if torch.cuda.is_available():
-        s += f", GPU {torch.cuda.get_device_name(0)}"
-    return s
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m lit_janus.shapes.pipeline", description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", help="pipeline file (e.g. configs/shapes/demo.yaml)")
-    g.add_argument("--preset", help="a pipeline file in configs/shapes by name: demo, full, full_cpu, "
-                   "full_cpu_long, full_cpu_decay, gen_only_cpu, tokenizers, encoder, micro")
+    g.add_argument("--preset", help="a pipeline file in configs/shapes by name: " + ", ".join(presets()))
     p.add_argument("--out", default=None, help="output directory (default: runs/shapes_<name>)")
     p.add_argument("--accelerator", default=None, help="override the trainer accelerator of every run (cpu/gpu)")
     p.add_argument("--precision", default=None, help="override the trainer precision of every run (32-true, bf16-mixed)")
@@ -678,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
             spec.trainer = {**spec.trainer, key: getattr(a, key)}
     out = a.out or f"runs/shapes_{spec.name}"
     pipe = Pipeline(spec, base, out)
-    pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({_hardware()})")
+    pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({hardware()})")
     result = pipe.run()
     print((Path(out) / "results.md").read_text())
     return result

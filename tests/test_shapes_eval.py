@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter
 
 from lit_janus.shapes.evaluate import (
     Detection,
+    colour_confusions,
     detect,
     evaluate,
     format_table,
@@ -243,6 +244,43 @@ def test_vqa_accuracy_normalises():
 
 def _scene(*objs: tuple[str, str, float, float]) -> Image.Image:
     return render(Scene([Obj(shape, color, "large", x, y) for shape, color, x, y in objs]), 64)
+
+
+def test_colour_confusions_name_the_drawn_colour_and_whether_it_leaked():
+    attr = {"tag": "color_attr", "include": [{"class": "square", "count": 1, "color": "red"},
+                                             {"class": "circle", "count": 1, "color": "blue"}]}
+    left, right = (0.2, 0.5), (0.8, 0.5)
+    assert colour_confusions(_scene(("square", "red", *left), ("circle", "blue", *right)), attr) == []
+    # the circle takes the square's colour (binding), then a third colour (precision)
+    assert colour_confusions(_scene(("square", "red", *left), ("circle", "red", *right)), attr) == [("blue", "red", True)]
+    assert colour_confusions(_scene(("square", "orange", *left), ("circle", "blue", *right)), attr) == [
+        ("red", "orange", False)]
+    # a missing shape is not a colour confusion; a shape drawn twice, once right, is none either
+    assert colour_confusions(_scene(("square", "red", *left)), attr) == []
+    assert colour_confusions(_scene(("square", "red", *left), ("square", "green", 0.5, 0.2),
+                                    ("circle", "blue", *right)), attr) == []
+    colors = {"tag": "colors", "include": [{"class": "triangle", "count": 1, "color": "yellow"}]}
+    assert colour_confusions(_scene(("triangle", "orange", *left)), colors) == [("yellow", "orange", False)]
+    assert colour_confusions(_scene(("triangle", "orange", *left)), {"tag": "single_object",
+                                                                      "include": [{"class": "triangle", "count": 1}]}) == []
+
+
+def test_failure_table_counts_reasons_and_colour_confusions():
+    import torch
+
+    from lit_janus.shapes.evaluate_model import failure_table
+
+    attr = {"tag": "color_attr", "include": [{"class": "square", "count": 1, "color": "red"},
+                                             {"class": "circle", "count": 1, "color": "blue"}]}
+    left, right = (0.2, 0.5), (0.8, 0.5)
+    scenes = [_scene(("square", "red", *left), ("circle", "blue", *right)),  # passes
+              _scene(("square", "red", *left), ("circle", "red", *right)),  # leaked
+              _scene(("square", "orange", *left), ("circle", "red", *right))]  # both wrong, one leaked
+    images = torch.from_numpy(np.stack([np.asarray(s) for s in scenes]))
+    table = failure_table({"train": (["p"] * 3, [attr] * 3, images)}).splitlines()
+    assert table[0] == "train color_attr: wrong colour 2, pass 1"
+    assert table[1] == ("train colour confusions (named -> drawn, shape right, colour never): blue -> red 2, "
+                        "red -> orange 1; 2 of 3 are another named object's colour")
 
 
 def test_why_failed_names_the_reason_a_generated_image_fails():

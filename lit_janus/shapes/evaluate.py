@@ -231,6 +231,22 @@ def why_failed(image: Image.Image | Sequence[Detection], metadata: dict) -> str 
     return "extra objects"
 
 
+def colour_confusions(image: Image.Image | Sequence[Detection], metadata: dict) -> list[tuple[str, str, bool]]:
+    """``(named, drawn, leaked)`` for each prompt object whose shape is drawn but never in its named colour,
+    one entry per colour that shape is drawn in; ``leaked`` when that is another named object's colour.
+    Neighbours on the hue circle (orange drawn yellow) point at colour precision, leaked ones at
+    attribute binding (both objects take one colour)."""
+    dets = detect(image) if isinstance(image, Image.Image) else list(image)
+    named = [r for r in metadata.get("include", []) if "color" in r]
+    out = []
+    for r in named:
+        drawn = {d.color for d in dets if d.shape == r["class"]}
+        if drawn and r["color"] not in drawn:
+            others = {o["color"] for o in named if o is not r}
+            out += [(r["color"], c, c in others) for c in sorted(drawn)]
+    return out
+
+
 def evaluate(images: Sequence[Image.Image | Sequence[Detection]], metadatas: Sequence[dict]) -> dict[str, float]:
     """Per-category accuracy (keyed by GenEval tag) and ``overall`` = mean of the category accuracies.
     ``images`` may be images or their ``detect`` results (as ``score_one`` takes either)."""

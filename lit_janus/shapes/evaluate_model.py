@@ -254,18 +254,28 @@ def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
 
 
 def failure_table(artefacts: dict) -> str:
-    """Per split and category: how many generated images pass, and why the others fail."""
+    """Per split and category: how many generated images pass, and why the others fail; then per split
+    the colour confusions of coloured prompt objects (`evaluate.colour_confusions`)."""
     from collections import Counter
 
-    from lit_janus.shapes.evaluate import why_failed
+    from lit_janus.shapes.evaluate import colour_confusions, detect, why_failed
 
     lines = []
     for split, (_, metas, images) in artefacts.items():
         counts: dict[str, Counter] = {}
+        confused, leaked = Counter(), 0
         for meta, image in zip(metas, _uint8_to_pil(images)):
-            counts.setdefault(meta["tag"], Counter())[why_failed(image, meta) or "pass"] += 1
+            dets = detect(image)
+            counts.setdefault(meta["tag"], Counter())[why_failed(dets, meta) or "pass"] += 1
+            for named, drawn, other in colour_confusions(dets, meta):
+                confused[f"{named} -> {drawn}"] += 1
+                leaked += other
         for tag, c in counts.items():
             lines.append(f"{split} {tag}: " + ", ".join(f"{k} {n}" for k, n in c.most_common()))
+        if confused:
+            lines.append(f"{split} colour confusions (named -> drawn, shape right, colour never): "
+                         + ", ".join(f"{k} {n}" for k, n in confused.most_common())
+                         + f"; {leaked} of {sum(confused.values())} are another named object's colour")
     return "\n".join(lines)
 
 
@@ -389,7 +399,8 @@ def main(argv: list[str] | None = None) -> EvalResult:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="directory for results.json and samples.png")
     p.add_argument("--failures", action="store_true",
-                   help="also count why the generated images fail, per category (`evaluate.why_failed`)")
+                   help="also count why the generated images fail, per category (`evaluate.why_failed`), and which "
+                        "colours are drawn for which (`evaluate.colour_confusions`)")
     a = p.parse_args(argv)
 
     from lit_janus.checkpoint import load_any

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,9 +177,7 @@ def evaluate_model(model, processor, spec: EvalSpec | None = None, *, generation
     images per split (uint8 tensors) and their prompts, for grids."""
     from lit_janus.shapes.evaluate import normalize_answer, vqa_accuracy
 
-    import dataclasses
-
-    spec = dataclasses.replace(spec or EvalSpec(), image_size=model.config.image_size)
+    spec = replace(spec or EvalSpec(), image_size=model.config.image_size)
     t0 = time.perf_counter()
     res, art = EvalResult(), {}
     was_training = model.training

@@ -605,6 +605,17 @@ def test_pipeline_end_to_end(tmp_path):
     assert torch.equal(shared.vq.quant_conv.weight, model.vq.quant_conv.weight)
     assert "| after Stage III |" in (out / "results.md").read_text()
 
+    # the branches alone, into the same --out: the Janus-style branch starts from the main line's stage1
+    # checkpoint found there; finished runs end at once, so this only evaluates again
+    again = main(["--config", str(_micro_spec(tmp_path)), "--out", str(out), "--only-ablations"])
+    assert [r["name"] for r in again["rows"]] == ["ground_truth", "vq_reconstruction", "init", "ablation_stage3",
+                                                 "shared_stage1"]
+    assert again["checkpoints"]["stage1"] == str(out / "stage1" / "checkpoints" / "last.ckpt")
+    # into a fresh --out it stops before stage 0, naming what is missing
+    with pytest.raises(SystemExit, match=r"main line's \['stage1'\]"):
+        main(["--config", str(_micro_spec(tmp_path)), "--out", str(tmp_path / "fresh"), "--only-ablations"])
+    assert not (tmp_path / "fresh" / "stage0").exists()
+
 
 def test_oracle_vqa_learns_colour_questions_from_perfect_image_tokens(tmp_path):
     """The ceiling diagnostic trains (a tiny LLM here): colour questions well above the ~1/6 a model

@@ -336,7 +336,14 @@ class Pipeline:
                 prev = f"init_{ab['name']}"
                 self.assemble(stage0_dir, prev, **ab["model"])
             for st in ab["stages"]:
-                cli = self.fit(st, init_from=self.checkpoints[st.init_from or prev])
+                start = st.init_from or prev
+                if start not in self.checkpoints:  # --only-ablations: a main-line stage an earlier run trained
+                    last = self.out / start / "checkpoints" / "last.ckpt"
+                    if not last.is_file():
+                        raise ValueError(f"run {st.name!r} starts from {start!r}, which this pipeline has not "
+                                         f"trained and {last} does not hold")
+                    self.checkpoints[start] = str(last)
+                cli = self.fit(st, init_from=self.checkpoints[start])
                 if st.evaluate:
                     self._evaluate_cli(st.name, st.label or st.name, cli)
                 prev = st.name
@@ -388,7 +395,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", type=int, nargs="?", const=2, default=None, metavar="STEPS",
                    help="check the whole pipeline at STEPS (default 2) steps per run and a few evaluation prompts: "
                         "e.g. `--preset full --smoke --accelerator cpu --precision 32-true` before a GPU run")
-    p.add_argument("--no-ablations", action="store_true", help="run the main line only (skip the file's ablations)")
+    branches = p.add_mutually_exclusive_group()
+    branches.add_argument("--no-ablations", action="store_true", help="run the main line only (skip the file's ablations)")
+    branches.add_argument("--only-ablations", action="store_true",
+                          help="run the file's ablation branches only; a main-line stage a branch starts from is "
+                               "taken from --out, where a main-line run (--no-ablations) left it")
     a = p.parse_args(argv)
     path = a.config or PRESETS_DIR / f"{a.preset or 'demo'}.yaml"
     if not Path(path).is_file():
@@ -404,6 +415,16 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(a, key):
             spec.trainer = {**spec.trainer, key: getattr(a, key)}
     out = a.out or f"runs/shapes_{spec.name}"
+    if a.only_ablations:
+        if not spec.ablations:
+            raise SystemExit(f"--only-ablations: {path} has no ablations")
+        main_line, spec.stages = {s.name for s in spec.stages}, []
+        needed = {ab["from"] for ab in spec.ablations} | {s.init_from for ab in spec.ablations for s in ab["stages"]}
+        missing = sorted(n for n in needed & main_line if not (Path(out) / n / "checkpoints" / "last.ckpt").is_file())
+        if missing:  # found now, not after stage 0 and the branches before it
+            raise SystemExit(f"--only-ablations: branches start from the main line's {missing}, and {out} holds no "
+                             "<stage>/checkpoints/last.ckpt of them: run the main line into the same --out first "
+                             "(--no-ablations)")
     pipe = Pipeline(spec, base, out)
     pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({hardware()})")
     result = pipe.run()

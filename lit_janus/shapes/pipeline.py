@@ -67,10 +67,14 @@ class OneProcessCLI(JanusCLI):
 
 
 class Pipeline:
-    def __init__(self, spec: PipelineSpec, base_dir: Path, out: str | Path, *, log=print):
+    def __init__(self, spec: PipelineSpec, base_dir: Path, out: str | Path, *, log=print,
+                 carried_rows: list[dict[str, Any]] | None = None):
+        """`carried_rows`: results rows of an earlier run into `out` (the main line, under --only-ablations)
+        that the table keeps after the ceilings, so rewriting it loses none of them."""
         self.spec, self.base_dir, self.out = spec, base_dir, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = log
+        self.carried_rows = list(carried_rows or [])
         self.checkpoints: dict[str, str] = {}
         self.rows: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
@@ -322,6 +326,7 @@ class Pipeline:
         self.evaluate("init", "assembled (untrained LLM)", model, processor, ceilings=True) if spec.eval_init else \
             self._ceilings_only(model, processor)
         del model
+        self.rows += self.carried_rows
         prev = "init"
         for st in spec.stages:
             start = self.checkpoints[st.init_from or prev]
@@ -425,7 +430,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--only-ablations: branches start from the main line's {missing}, and {out} holds no "
                              "<stage>/checkpoints/last.ckpt of them: run the main line into the same --out first "
                              "(--no-ablations)")
-    pipe = Pipeline(spec, base, out)
+        earlier = Path(out) / "results.json"  # the main line's rows stay in the table this run rewrites
+        carried = [r for r in json.loads(earlier.read_text())["rows"] if r["name"] in main_line] if earlier.is_file() else []
+    pipe = Pipeline(spec, base, out, carried_rows=carried if a.only_ablations else None)
     pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({hardware()})")
     result = pipe.run()
     print((Path(out) / "results.md").read_text())

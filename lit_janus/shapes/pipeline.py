@@ -68,14 +68,15 @@ class OneProcessCLI(JanusCLI):
 
 class Pipeline:
     def __init__(self, spec: PipelineSpec, base_dir: Path, out: str | Path, *, log=print,
-                 carried_rows: list[dict[str, Any]] | None = None):
-        """`carried_rows`: results rows of an earlier run into `out` (the main line, under --only-ablations)
-        that the table keeps after the ceilings, so rewriting it loses none of them."""
+                 earlier_checkpoints: dict[str, str] | None = None, carried_rows: list[dict[str, Any]] | None = None):
+        """`earlier_checkpoints` / `carried_rows`: stages an earlier run into `out` trained (the main line,
+        under --only-ablations), which branches start from, and their results rows, which the table keeps
+        after the ceilings so that rewriting it loses none of them."""
         self.spec, self.base_dir, self.out = spec, base_dir, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.carried_rows = list(carried_rows or [])
-        self.checkpoints: dict[str, str] = {}
+        self.checkpoints: dict[str, str] = dict(earlier_checkpoints or {})
         self.rows: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.step_times: dict[str, dict[str, float]] = {}
@@ -341,14 +342,7 @@ class Pipeline:
                 prev = f"init_{ab['name']}"
                 self.assemble(stage0_dir, prev, **ab["model"])
             for st in ab["stages"]:
-                start = st.init_from or prev
-                if start not in self.checkpoints:  # --only-ablations: a main-line stage an earlier run trained
-                    last = self.out / start / "checkpoints" / "last.ckpt"
-                    if not last.is_file():
-                        raise ValueError(f"run {st.name!r} starts from {start!r}, which this pipeline has not "
-                                         f"trained and {last} does not hold")
-                    self.checkpoints[start] = str(last)
-                cli = self.fit(st, init_from=self.checkpoints[start])
+                cli = self.fit(st, init_from=self.checkpoints[st.init_from or prev])
                 if st.evaluate:
                     self._evaluate_cli(st.name, st.label or st.name, cli)
                 prev = st.name
@@ -420,19 +414,23 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(a, key):
             spec.trainer = {**spec.trainer, key: getattr(a, key)}
     out = a.out or f"runs/shapes_{spec.name}"
+    earlier: dict[str, Any] = {}
     if a.only_ablations:
         if not spec.ablations:
             raise SystemExit(f"--only-ablations: {path} has no ablations")
         main_line, spec.stages = {s.name for s in spec.stages}, []
         needed = {ab["from"] for ab in spec.ablations} | {s.init_from for ab in spec.ablations for s in ab["stages"]}
-        missing = sorted(n for n in needed & main_line if not (Path(out) / n / "checkpoints" / "last.ckpt").is_file())
+        lasts = {n: Path(out) / n / "checkpoints" / "last.ckpt" for n in sorted(needed & main_line)}
+        missing = [n for n, last in lasts.items() if not last.is_file()]
         if missing:  # found now, not after stage 0 and the branches before it
             raise SystemExit(f"--only-ablations: branches start from the main line's {missing}, and {out} holds no "
                              "<stage>/checkpoints/last.ckpt of them: run the main line into the same --out first "
                              "(--no-ablations)")
-        earlier = Path(out) / "results.json"  # the main line's rows stay in the table this run rewrites
-        carried = [r for r in json.loads(earlier.read_text())["rows"] if r["name"] in main_line] if earlier.is_file() else []
-    pipe = Pipeline(spec, base, out, carried_rows=carried if a.only_ablations else None)
+        table = Path(out) / "results.json"  # the main line's rows stay in the table this run rewrites
+        rows = json.loads(table.read_text())["rows"] if table.is_file() else []
+        earlier = {"earlier_checkpoints": {n: str(last) for n, last in lasts.items()},
+                   "carried_rows": [r for r in rows if r["name"] in main_line]}
+    pipe = Pipeline(spec, base, out, **earlier)
     pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({hardware()})")
     result = pipe.run()
     print((Path(out) / "results.md").read_text())

@@ -753,6 +753,10 @@ def test_shapes_sources_are_deterministic_per_index(tiny_processor):
         ShapesSource("t2i", seed=3)[6]["caption"] != ShapesSource("t2i", seed=4)[6]["caption"]
     with pytest.raises(ValueError, match="unknown ShapesWorld kind"):
         ShapesSource("video")
+    only = ShapesSource("t2i", seed=3, t2i_weights={"position": 1.0})
+    assert {only[i]["category"] for i in range(30)} == {"position"}
+    with pytest.raises(ValueError, match="kind 'qa' has none"):
+        ShapesSource("qa", t2i_weights={"position": 1.0})
 
 
 # ---- litdata ------------------------------------------------------------------------------

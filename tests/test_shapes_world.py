@@ -299,6 +299,15 @@ def test_t2i_category_mix_is_uniform_by_default_and_configurable():
     assert set(tags) == set(CATEGORIES) and all(120 <= n <= 280 for n in tags.values())
     w = ShapesWorld(seed=0, t2i_weights={"counting": 1.0, "position": 0.0})
     assert {w.t2i_sample(i)["metadata"]["tag"] for i in range(50)} == {"counting"}
+    heavy = ShapesWorld(seed=0, t2i_weights={c: 3.0 if c == "color_attr" else 1.0 for c in CATEGORIES})
+    tags = collections.Counter(heavy.t2i_sample(i)["metadata"]["tag"] for i in range(1600))
+    assert 500 <= tags["color_attr"] <= 700 and all(150 <= tags[c] <= 250 for c in CATEGORIES if c != "color_attr")
+    for bad, match in (({"colour_attr": 1.0}, r"names \['colour_attr'\]"), ({"counting": -1.0}, ">= 0"),
+                       ({"counting": 0.0}, "positive sum"), ({"counting": float("nan")}, ">= 0")):
+        with pytest.raises(ValueError, match=match):
+            ShapesWorld(t2i_weights=bad)
+    with pytest.raises(ValueError, match=r"not categories of the heldout split: use \['colors', 'color_attr'\]"):
+        ShapesWorld(split="heldout", t2i_weights={"counting": 1.0})
 
 
 def test_class_samples_have_stable_ids():

@@ -314,7 +314,7 @@ class ShapesSource(Source):
 
     def __init__(self, kind: Literal["qa", "text", "t2i", "class"], length: int = 100_000, seed: int = 0,
                  split: Literal["train", "heldout"] = "train", image_size: int = 64, turns: int = 1,
-                 object_order: Literal["random", "reading"] = "random"):
+                 object_order: Literal["random", "reading"] = "random", t2i_weights: dict[str, float] | None = None):
         """
         Args:
             kind: which ShapesWorld generator.
@@ -326,6 +326,9 @@ class ShapesSource(Source):
                 per question type; more: further questions of random types).
             object_order: `t2i` only: which object a two-object prompt names first, `random` (GenEval's
                 prompts) or `reading` (the one a raster scan draws first; see configs/shapes/README.md).
+            t2i_weights: `t2i` only: the category mix, as relative weights, e.g. `{single_object: 1,
+                two_object: 1, counting: 1, colors: 1, position: 1, color_attr: 3}`; a category left out
+                is never drawn. Default: the six GenEval categories (or the heldout split's two) equally.
         """
         from lit_janus.shapes import ShapesWorld
 
@@ -334,7 +337,10 @@ class ShapesSource(Source):
         if not 1 <= turns <= 32:
             raise ValueError(f"turns must be 1-32 (distinct questions per scene), got {turns}")
         self.kind, self.length, self.turns = kind, length, turns
-        self.world = ShapesWorld(seed=seed, image_size=image_size, split=split, object_order=object_order)
+        if t2i_weights is not None and kind != "t2i":
+            raise ValueError(f"t2i_weights sets the text-to-image category mix; kind {kind!r} has none")
+        self.world = ShapesWorld(seed=seed, image_size=image_size, split=split, object_order=object_order,
+                                 t2i_weights=t2i_weights)
 
     def __len__(self) -> int:
         return self.length

@@ -476,8 +476,9 @@ class ShapesWorld:
     ``split`` only affects generation targets (``t2i_*``, ``class_sample``). Understanding and text
     (``qa_sample``, ``text_sample``) are the same in both splits and may show held-out combos: the
     model can learn to *recognise* a blue triangle, the held-out test is whether it can *draw* one.
-    ``t2i_weights`` sets the category mix of ``t2i_sample`` (uniform over the six by default; the
-    heldout split defaults to its two categories); ``object_order`` which object its two-object
+    ``t2i_weights`` sets the category mix of ``t2i_sample``: relative weights, and a category left out
+    is never drawn (uniform over the six by default; the heldout split has only its two categories);
+    ``object_order`` which object its two-object
     prompts name first (``make_t2i``; evaluation prompts keep the default, GenEval's random order).
     """
 
@@ -496,8 +497,13 @@ class ShapesWorld:
             raise ValueError(f"object_order must be 'random' or 'reading', not {object_order!r}")
         self.seed, self.image_size, self.split, self.antialias = seed, image_size, split, antialias
         self.object_order = object_order
-        default = CATEGORIES if split == "train" else ("colors", "color_attr")
-        weights = dict(t2i_weights) if t2i_weights is not None else {c: 1.0 for c in default}
+        allowed = CATEGORIES if split == "train" else ("colors", "color_attr")
+        weights = dict(t2i_weights) if t2i_weights is not None else {c: 1.0 for c in allowed}
+        unknown = sorted(set(weights) - set(allowed))
+        if unknown:
+            raise ValueError(f"t2i_weights names {unknown}, not categories of the {split} split: use {list(allowed)}")
+        if any(not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
+            raise ValueError(f"t2i_weights must be >= 0 with a positive sum (a category left out gets 0), got {weights}")
         self.categories, self.weights = list(weights), list(weights.values())
 
     def render(self, scene: Scene) -> Image.Image:

@@ -611,6 +611,14 @@ def test_pipeline_end_to_end(tmp_path):
     assert [r["name"] for r in again["rows"]] == names  # the main line's rows kept from the first run's table
     assert [r["geneval"] for r in again["rows"][3:6]] == [r["geneval"] for r in result["rows"][3:6]]
     assert again["checkpoints"]["stage1"] == str(out / "stage1" / "checkpoints" / "last.ckpt")
+    # one branch by name: the other branch's row stays in the table, the one run now comes last
+    one = main(["--config", str(_micro_spec(tmp_path)), "--out", str(out), "--only-ablations", "--ablation", "janus_stage2"])
+    assert [r["name"] for r in one["rows"]] == names[:6] + ["shared_stage1", "ablation_stage3"]
+    assert one["rows"][6] == again["rows"][7] and "shared_stage1" not in one["checkpoints"]
+    with pytest.raises(SystemExit, match=r"no branch \['shared'\]; its branches are \['janus_stage2', 'shared_encoder'\]"):
+        main(["--config", str(_micro_spec(tmp_path)), "--out", str(out), "--ablation", "shared"])
+    with pytest.raises(SystemExit):
+        main(["--config", str(_micro_spec(tmp_path)), "--out", str(out), "--ablation", "shared_encoder", "--no-ablations"])
     # into a fresh --out it stops before stage 0, naming what is missing
     with pytest.raises(SystemExit, match=r"main line's \['stage1'\]"):
         main(["--config", str(_micro_spec(tmp_path)), "--out", str(tmp_path / "fresh"), "--only-ablations"])

@@ -399,7 +399,12 @@ def main(argv: list[str] | None = None) -> dict:
     branches.add_argument("--only-ablations", action="store_true",
                           help="run the file's ablation branches only; a main-line stage a branch starts from is "
                                "taken from --out, where a main-line run (--no-ablations) left it")
+    p.add_argument("--ablation", action="append", metavar="NAME",
+                   help="run only this ablation branch of the file (repeat for several); with --only-ablations "
+                        "the other branches' rows in --out's table are kept")
     a = p.parse_args(argv)
+    if a.ablation and a.no_ablations:
+        p.error("--ablation picks branches to run; --no-ablations runs none")
     path = a.config or PRESETS_DIR / f"{a.preset or 'demo'}.yaml"
     if not Path(path).is_file():
         raise SystemExit(f"pipeline file not found: {path}")
@@ -408,6 +413,12 @@ def main(argv: list[str] | None = None) -> dict:
         if a.smoke < 1:
             raise SystemExit(f"--smoke takes a positive number of steps, got {a.smoke}")
         spec = spec.smoke(a.smoke)
+    if a.ablation:
+        names = [ab["name"] for ab in spec.ablations]
+        unknown = [n for n in a.ablation if n not in names]
+        if unknown:
+            raise SystemExit(f"--ablation: {path} has no branch {unknown}; its branches are {names}")
+        spec.ablations = [ab for ab in spec.ablations if ab["name"] in a.ablation]
     if a.no_ablations:
         spec.ablations = []
     for key in ("accelerator", "precision"):  # command-line trainer overrides join the file's `trainer:`
@@ -426,10 +437,13 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--only-ablations: branches start from the main line's {missing}, and {out} holds no "
                              "<stage>/checkpoints/last.ckpt of them: run the main line into the same --out first "
                              "(--no-ablations)")
-        table = Path(out) / "results.json"  # the main line's rows stay in the table this run rewrites
+        # the main line's rows (and those of branches not run now) stay in the table this run rewrites
+        table = Path(out) / "results.json"
         rows = json.loads(table.read_text())["rows"] if table.is_file() else []
+        redone = ({"ground_truth", "vq_reconstruction"} | ({"init"} if spec.eval_init else set())
+                  | {s.name for ab in spec.ablations for s in ab["stages"]})  # the rows this run evaluates again
         earlier = {"earlier_checkpoints": {n: str(last) for n, last in lasts.items()},
-                   "carried_rows": [r for r in rows if r["name"] in main_line]}
+                   "carried_rows": [r for r in rows if r["name"] not in redone]}
     pipe = Pipeline(spec, base, out, **earlier)
     pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({hardware()})")
     result = pipe.run()

@@ -478,8 +478,8 @@ class ShapesWorld:
     model can learn to *recognise* a blue triangle, the held-out test is whether it can *draw* one.
     ``t2i_weights`` sets the category mix of ``t2i_sample``: relative weights, and a category left out
     is never drawn (uniform over the six by default; the heldout split has only its two categories);
-    ``object_order`` which object its two-object
-    prompts name first (``make_t2i``; evaluation prompts keep the default, GenEval's random order).
+    ``object_order`` which object its two-object prompts name first (``make_t2i``; evaluation prompts
+    keep the default, GenEval's random order).
     """
 
     def __init__(

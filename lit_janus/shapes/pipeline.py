@@ -70,8 +70,8 @@ class Pipeline:
     def __init__(self, spec: PipelineSpec, base_dir: Path, out: str | Path, *, log=print,
                  earlier_checkpoints: dict[str, str] | None = None, carried_rows: list[dict[str, Any]] | None = None):
         """`earlier_checkpoints` / `carried_rows`: stages an earlier run into `out` trained (the main line,
-        under --only-ablations), which branches start from, and their results rows, which the table keeps
-        after the ceilings so that rewriting it loses none of them."""
+        under --only-ablations), which branches start from, and that run's results rows: the table keeps
+        those this run does not evaluate again, after the ceilings, so that rewriting it loses none."""
         self.spec, self.base_dir, self.out = spec, base_dir, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = log
@@ -327,7 +327,9 @@ class Pipeline:
         self.evaluate("init", "assembled (untrained LLM)", model, processor, ceilings=True) if spec.eval_init else \
             self._ceilings_only(model, processor)
         del model
-        self.rows += self.carried_rows
+        redone = {r["name"] for r in self.rows} | {s.name for s in spec.stages} | {
+            s.name for ab in spec.ablations for s in ab["stages"]}
+        self.rows += [r for r in self.carried_rows if r["name"] not in redone]
         prev = "init"
         for st in spec.stages:
             start = self.checkpoints[st.init_from or prev]
@@ -439,11 +441,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "(--no-ablations)")
         # the main line's rows (and those of branches not run now) stay in the table this run rewrites
         table = Path(out) / "results.json"
-        rows = json.loads(table.read_text())["rows"] if table.is_file() else []
-        redone = ({"ground_truth", "vq_reconstruction"} | ({"init"} if spec.eval_init else set())
-                  | {s.name for ab in spec.ablations for s in ab["stages"]})  # the rows this run evaluates again
         earlier = {"earlier_checkpoints": {n: str(last) for n, last in lasts.items()},
-                   "carried_rows": [r for r in rows if r["name"] not in redone]}
+                   "carried_rows": json.loads(table.read_text())["rows"] if table.is_file() else []}
     pipe = Pipeline(spec, base, out, **earlier)
     pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({hardware()})")
     result = pipe.run()

@@ -74,13 +74,13 @@ class EvalResult:
 # ---------------------------------------------------------------------------------------------
 def t2i_set(spec: EvalSpec, split: str = "train"):
     """(prompts, metadatas, ground-truth images) of the evaluation prompts of one split."""
-    from lit_janus.shapes.world import CATEGORIES, ShapesWorld
+    from lit_janus.shapes.world import CATEGORIES, HELDOUT_CATEGORIES, ShapesWorld
 
     world = ShapesWorld(seed=spec.seed, split=split, image_size=spec.image_size)
     if split == "train":
         cats, n = list(spec.categories or CATEGORIES), spec.n_per_category
     else:
-        cats = [c for c in ("colors", "color_attr") if spec.categories is None or c in spec.categories]
+        cats = [c for c in HELDOUT_CATEGORIES if spec.categories is None or c in spec.categories]
         n = spec.n_heldout
     prompts, metas, images = [], [], []
     for c in cats:

@@ -58,7 +58,7 @@ def write_results(out: Path, *, name: str, description: str, rows: list[dict[str
                   checkpoints: dict[str, str], extra: dict[str, Any], complete: bool) -> None:
     """`out`/results.json and results.md; `complete` once the run has ended (else the table says so)."""
     from lit_janus.shapes.evaluate import TABLE_COLUMNS
-    from lit_janus.shapes.world import CATEGORIES
+    from lit_janus.shapes.world import CATEGORIES, HELDOUT_CATEGORIES
 
     machine = hardware()
     data = {"pipeline": name, "description": description, "rows": rows, "timings_s": timings,
@@ -78,7 +78,7 @@ def write_results(out: Path, *, name: str, description: str, rows: list[dict[str
     for r in rows:
         g, h = r.get("geneval", {}), r.get("heldout", {})
         cells = [f"{g[c]:.2f}" if c in g else "-" for c in (*CATEGORIES, "overall", "exact")]
-        cells += [f"{h[c]:.2f}" if c in h else "-" for c in ("colors", "color_attr")]
+        cells += [f"{h[c]:.2f}" if c in h else "-" for c in HELDOUT_CATEGORIES]
         cells.append(f"{r['vqa']:.2f}" if r.get("vqa") is not None else "-")
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     exact_rows = [r for r in rows if any(k.startswith("exact_") for k in r.get("geneval", {}))]

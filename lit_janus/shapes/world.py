@@ -56,6 +56,8 @@ TRAIN_COMBOS: tuple[tuple[str, str], ...] = tuple(cs for cs in ALL_COMBOS if cs 
 CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for c, s in ALL_COMBOS)
 
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+# the categories that name a colour: the only ones of the heldout split
+HELDOUT_CATEGORIES: tuple[str, ...] = ("colors", "color_attr")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 COUNTS: tuple[int, ...] = (2, 3, 4)  # GenEval's counting prompts use two to four
 MAX_OBJECTS = 4
@@ -257,7 +259,7 @@ def make_t2i(
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
     if object_order not in ("random", "reading"):
         raise ValueError(f"object_order must be 'random' or 'reading', not {object_order!r}")
-    if split == "heldout" and category not in ("colors", "color_attr"):
+    if split == "heldout" and category not in HELDOUT_CATEGORIES:
         raise ValueError(f"the heldout split only has 'colors' and 'color_attr', not {category!r}")
     combos = TRAIN_COMBOS
     meta: dict = {"tag": category}
@@ -497,7 +499,7 @@ class ShapesWorld:
             raise ValueError(f"object_order must be 'random' or 'reading', not {object_order!r}")
         self.seed, self.image_size, self.split, self.antialias = seed, image_size, split, antialias
         self.object_order = object_order
-        allowed = CATEGORIES if split == "train" else ("colors", "color_attr")
+        allowed = CATEGORIES if split == "train" else HELDOUT_CATEGORIES
         weights = dict(t2i_weights) if t2i_weights is not None else {c: 1.0 for c in allowed}
         unknown = sorted(set(weights) - set(allowed))
         if unknown:

@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -102,6 +103,23 @@ def vqa_set(spec: EvalSpec):
 # ---------------------------------------------------------------------------------------------
 # running the model
 # ---------------------------------------------------------------------------------------------
+class Generated(NamedTuple):
+    """One split's generated images with their prompts, and what the detector found in each (read by
+    `score` and `failure_table` alike, so no image is detected twice)."""
+
+    prompts: list[str]
+    metas: list[dict]
+    images: torch.Tensor
+    """uint8 [N, H, W, 3]"""
+    detections: list
+
+
+def generated(prompts: list[str], metas: list[dict], images: torch.Tensor) -> Generated:
+    from lit_janus.shapes.evaluate import detect
+
+    return Generated(prompts, metas, images, [detect(im) for im in _uint8_to_pil(images)])
+
+
 def _uint8_to_pil(images: torch.Tensor) -> list:
     from PIL import Image
 
@@ -152,15 +170,22 @@ def answer_questions(model, processor, items: list[dict], batch_size: int = 64) 
 
 
 def score(images: list, metas: list[dict]) -> dict[str, float]:
+    """`score_detections` of the detector's output for `images` (PIL)."""
+    from lit_janus.shapes.evaluate import detect
+
+    return score_detections([detect(im) for im in images], metas)
+
+
+def score_detections(detections: list, metas: list[dict]) -> dict[str, float]:
     """GenEval's rules (`lit_janus.shapes.evaluate.evaluate`): per category and `overall`, plus
     `exact_<category>`: the fraction of images that pass *and* contain nothing but the objects the
-    prompt names (ShapesWorld's ground truth always does), `exact` their mean over categories. GenEval's rules only ask for "at least" the named
-    objects, which a real detector's confidence threshold makes meaningful; this detector finds
-    shapes in any colour blob, so an image of scattered blobs passes "a photo of a circle" - the
-    exact-scene rate is the stricter number to read alongside."""
-    from lit_janus.shapes.evaluate import detect, evaluate, score_one
+    prompt names (ShapesWorld's ground truth always does), `exact` their mean over categories.
+    GenEval's rules only ask for "at least" the named objects, which a real detector's confidence
+    threshold makes meaningful; this detector finds shapes in any colour blob, so an image of
+    scattered blobs passes "a photo of a circle" - the exact-scene rate is the stricter number to
+    read alongside."""
+    from lit_janus.shapes.evaluate import evaluate, score_one
 
-    detections = [detect(im) for im in images]  # once: both rules below read them
     result = evaluate(detections, metas)
     exact: dict[str, list[bool]] = {}
     for dets, meta in zip(detections, metas):
@@ -173,8 +198,8 @@ def score(images: list, metas: list[dict]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_model(model, processor, spec: EvalSpec | None = None, *, generation: bool = True) -> tuple[EvalResult, dict]:
-    """Run the whole evaluation. Returns (result, artefacts) where artefacts holds the generated
-    images per split (uint8 tensors) and their prompts, for grids."""
+    """Run the whole evaluation. Returns (result, artefacts): artefacts maps each split scored ("train",
+    "heldout") to its `Generated` images, for grids and `failure_table`."""
     from lit_janus.shapes.evaluate import normalize_answer, vqa_accuracy
 
     spec = replace(spec or EvalSpec(), image_size=model.config.image_size)
@@ -185,18 +210,16 @@ def evaluate_model(model, processor, spec: EvalSpec | None = None, *, generation
     try:
         if generation and spec.n_per_category > 0:
             prompts, metas, gt = t2i_set(spec, "train")
-            images = generate_images(model, processor, prompts, spec)
-            res.geneval = score(_uint8_to_pil(images), metas)
-            art["train"] = (prompts, metas, images)
+            art["train"] = gen = generated(prompts, metas, generate_images(model, processor, prompts, spec))
+            res.geneval = score_detections(gen.detections, metas)
             if spec.ceilings:
                 res.ground_truth = score(gt, metas)
                 res.vq_reconstruction = score(vq_reconstructions(model, gt), metas)
         if generation and spec.n_heldout > 0:
             prompts, metas, _ = t2i_set(spec, "heldout")
             if prompts:
-                images = generate_images(model, processor, prompts, spec)
-                res.heldout = score(_uint8_to_pil(images), metas)
-                art["heldout"] = (prompts, metas, images)
+                art["heldout"] = gen = generated(prompts, metas, generate_images(model, processor, prompts, spec))
+                res.heldout = score_detections(gen.detections, metas)
         if spec.n_vqa > 0:
             items = vqa_set(spec)
             preds = answer_questions(model, processor, items, spec.batch_size)
@@ -222,7 +245,7 @@ def sample_grid(artefacts: dict, per_category: int = 8) -> torch.Tensor | None:
     for split in ("train", "heldout"):
         if split not in artefacts:
             continue
-        _, metas, images = artefacts[split]
+        metas, images = artefacts[split].metas, artefacts[split].images
         tags = list(dict.fromkeys(m["tag"] for m in metas))
         for tag in tags:
             idx = [i for i, m in enumerate(metas) if m["tag"] == tag][:per_category]
@@ -256,14 +279,13 @@ def failure_table(artefacts: dict) -> str:
     the colour confusions of coloured prompt objects (`evaluate.colour_confusions`)."""
     from collections import Counter
 
-    from lit_janus.shapes.evaluate import colour_confusions, detect, why_failed
+    from lit_janus.shapes.evaluate import colour_confusions, why_failed
 
     lines = []
-    for split, (_, metas, images) in artefacts.items():
+    for split, gen in artefacts.items():
         counts: dict[str, Counter] = {}
         confused, leaked = Counter(), 0
-        for meta, image in zip(metas, _uint8_to_pil(images)):
-            dets = detect(image)
+        for meta, dets in zip(gen.metas, gen.detections):
             counts.setdefault(meta["tag"], Counter())[why_failed(dets, meta) or "pass"] += 1
             for named, drawn, other in colour_confusions(dets, meta):
                 confused[f"{named} -> {drawn}"] += 1

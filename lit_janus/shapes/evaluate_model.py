@@ -105,7 +105,7 @@ def vqa_set(spec: EvalSpec):
 # ---------------------------------------------------------------------------------------------
 class Generated(NamedTuple):
     """One split's generated images with their prompts, and what the detector found in each (read by
-    `score` and `failure_table` alike, so no image is detected twice)."""
+    `score_detections` and `failure_table` alike, so no image is detected twice)."""
 
     prompts: list[str]
     metas: list[dict]
@@ -115,6 +115,7 @@ class Generated(NamedTuple):
 
 
 def generated(prompts: list[str], metas: list[dict], images: torch.Tensor) -> Generated:
+    """`Generated` for uint8 `images`, each run through the detector once."""
     from lit_janus.shapes.evaluate import detect
 
     return Generated(prompts, metas, images, [detect(im) for im in _uint8_to_pil(images)])

@@ -268,7 +268,7 @@ def test_colour_confusions_name_the_drawn_colour_and_whether_it_leaked():
 def test_failure_table_counts_reasons_and_colour_confusions():
     import torch
 
-    from lit_janus.shapes.evaluate_model import failure_table, generated
+    from lit_janus.shapes.evaluate_model import Generated, failure_table
 
     attr = {"tag": "color_attr", "include": [{"class": "square", "count": 1, "color": "red"},
                                              {"class": "circle", "count": 1, "color": "blue"}]}
@@ -277,7 +277,7 @@ def test_failure_table_counts_reasons_and_colour_confusions():
               _scene(("square", "red", *left), ("circle", "red", *right)),  # leaked
               _scene(("square", "orange", *left), ("circle", "red", *right))]  # both wrong, one leaked
     images = torch.from_numpy(np.stack([np.asarray(s) for s in scenes]))
-    table = failure_table({"train": generated(["p"] * 3, [attr] * 3, images)}).splitlines()
+    table = failure_table({"train": Generated.detect(["p"] * 3, [attr] * 3, images)}).splitlines()
     assert table[0] == "train color_attr: wrong colour 2, pass 1"
     assert table[1] == ("train colour confusions (named -> drawn, shape right, colour never): blue -> red 2, "
                         "red -> orange 1; 2 of 3 are another named object's colour")

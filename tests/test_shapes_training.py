@@ -621,8 +621,9 @@ def test_pipeline_end_to_end(tmp_path):
     assert one["rows"][6] == again["rows"][7] and "shared_stage1" not in one["checkpoints"]
     with pytest.raises(SystemExit, match=r"no branch \['shared'\]; its branches are \['janus_stage2', 'shared_encoder'\]"):
         main(["--config", str(_micro_spec(tmp_path)), "--out", str(out), "--ablation", "shared"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:  # argparse's error: usage and message on stderr, exit code 2
         main(["--config", str(_micro_spec(tmp_path)), "--out", str(out), "--ablation", "shared_encoder", "--no-ablations"])
+    assert refused.value.code == 2
     # into a fresh --out it stops before stage 0, naming what is missing
     with pytest.raises(SystemExit, match=r"main line's \['stage1'\]"):
         main(["--config", str(_micro_spec(tmp_path)), "--out", str(tmp_path / "fresh"), "--only-ablations"])

@@ -113,12 +113,12 @@ class Generated(NamedTuple):
     """uint8 [N, H, W, 3]"""
     detections: list
 
+    @classmethod
+    def detect(cls, prompts: list[str], metas: list[dict], images: torch.Tensor) -> Generated:
+        """The record for uint8 `images`, each run through the detector once."""
+        from lit_janus.shapes.evaluate import detect
 
-def generated(prompts: list[str], metas: list[dict], images: torch.Tensor) -> Generated:
-    """`Generated` for uint8 `images`, each run through the detector once."""
-    from lit_janus.shapes.evaluate import detect
-
-    return Generated(prompts, metas, images, [detect(im) for im in _uint8_to_pil(images)])
+        return cls(prompts, metas, images, [detect(im) for im in _uint8_to_pil(images)])
 
 
 def _uint8_to_pil(images: torch.Tensor) -> list:
@@ -211,7 +211,7 @@ def evaluate_model(model, processor, spec: EvalSpec | None = None, *, generation
     try:
         if generation and spec.n_per_category > 0:
             prompts, metas, gt = t2i_set(spec, "train")
-            art["train"] = gen = generated(prompts, metas, generate_images(model, processor, prompts, spec))
+            art["train"] = gen = Generated.detect(prompts, metas, generate_images(model, processor, prompts, spec))
             res.geneval = score_detections(gen.detections, metas)
             if spec.ceilings:
                 res.ground_truth = score(gt, metas)
@@ -219,7 +219,7 @@ def evaluate_model(model, processor, spec: EvalSpec | None = None, *, generation
         if generation and spec.n_heldout > 0:
             prompts, metas, _ = t2i_set(spec, "heldout")
             if prompts:
-                art["heldout"] = gen = generated(prompts, metas, generate_images(model, processor, prompts, spec))
+                art["heldout"] = gen = Generated.detect(prompts, metas, generate_images(model, processor, prompts, spec))
                 res.heldout = score_detections(gen.detections, metas)
         if spec.n_vqa > 0:
             items = vqa_set(spec)

@@ -283,6 +283,28 @@ def test_failure_table_counts_reasons_and_colour_confusions():
                         "red -> orange 1; 2 of 3 are another named object's colour")
 
 
+def test_failure_table_counts_what_counting_prompts_drew_per_number_asked():
+    import torch
+
+    from lit_janus.shapes.evaluate_model import Generated, failure_table
+
+    def asked(n):
+        return {"tag": "counting", "include": [{"class": "circle", "count": n}],
+                "exclude": [{"class": "circle", "count": n + 1}]}
+
+    at = [(0.2, 0.25), (0.75, 0.25), (0.2, 0.75), (0.75, 0.75)]
+    circles = [("circle", "red", x, y) for x, y in at]
+    scenes = [(asked(2), _scene(*circles[:2])),  # right
+              (asked(2), _scene(*circles[:3])),  # one too many
+              (asked(3), _scene(*circles[:2], ("square", "blue", *at[2]))),  # one short; the square not counted
+              (asked(3), _scene(*circles))]  # one too many
+    metas = [m for m, _ in scenes]
+    images = torch.from_numpy(np.stack([np.asarray(s) for _, s in scenes]))
+    table = failure_table({"train": Generated.detect(["p"] * 4, metas, images)}).splitlines()
+    assert table[0] == "train counting: extra objects 2, pass 1, wrong count 1"
+    assert table[1] == "train counting, asked: drawn x images (shapes of the named kind): 2: 2 x1, 3 x1; 3: 2 x1, 4 x1"
+
+
 def test_why_failed_names_the_reason_a_generated_image_fails():
     two = {"tag": "two_object", "include": [{"class": "square", "count": 1}, {"class": "circle", "count": 1}]}
     attr = {"tag": "color_attr", "include": [{"class": "square", "count": 1, "color": "red"},

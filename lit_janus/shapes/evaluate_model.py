@@ -276,8 +276,10 @@ def save_grid(grid: torch.Tensor, path: str | Path) -> Path:
 
 
 def failure_table(artefacts: dict) -> str:
-    """Per split and category: how many generated images pass, and why the others fail; then per split
-    the colour confusions of coloured prompt objects (`evaluate.colour_confusions`)."""
+    """Per split and category: how many generated images pass, and why the others fail; per split the
+    counting prompts by number asked (how many of the named shape each image holds: "3: 3 x42, 4 x19"
+    means 42 images asked for three drew three, 19 drew four), and the colour confusions of coloured
+    prompt objects (`evaluate.colour_confusions`)."""
     from collections import Counter
 
     from lit_janus.shapes.evaluate import colour_confusions, why_failed
@@ -285,14 +287,21 @@ def failure_table(artefacts: dict) -> str:
     lines = []
     for split, gen in artefacts.items():
         counts: dict[str, Counter] = {}
+        drawn_for: dict[int, Counter] = {}  # number asked -> Counter(number drawn)
         confused, leaked = Counter(), 0
         for meta, dets in zip(gen.metas, gen.detections):
             counts.setdefault(meta["tag"], Counter())[why_failed(dets, meta) or "pass"] += 1
+            if meta["tag"] == "counting":
+                asked = meta["include"][0]
+                drawn_for.setdefault(asked["count"], Counter())[sum(d.shape == asked["class"] for d in dets)] += 1
             for named, drawn, other in colour_confusions(dets, meta):
                 confused[f"{named} -> {drawn}"] += 1
                 leaked += other
         for tag, c in counts.items():
             lines.append(f"{split} {tag}: " + ", ".join(f"{k} {n}" for k, n in c.most_common()))
+        if drawn_for:
+            lines.append(f"{split} counting, asked: drawn x images (shapes of the named kind): " + "; ".join(
+                f"{n}: " + ", ".join(f"{k} x{v}" for k, v in sorted(c.items())) for n, c in sorted(drawn_for.items())))
         if confused:
             lines.append(f"{split} colour confusions (named -> drawn, shape right, colour never): "
                          + ", ".join(f"{k} {n}" for k, n in confused.most_common())
@@ -420,8 +429,9 @@ def main(argv: list[str] | None = None) -> EvalResult:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="directory for results.json and samples.png")
     p.add_argument("--failures", action="store_true",
-                   help="also count why the generated images fail, per category (`evaluate.why_failed`), and which "
-                        "colours are drawn for which (`evaluate.colour_confusions`)")
+                   help="also count why the generated images fail, per category (`evaluate.why_failed`), how many "
+                        "shapes the counting prompts drew per number asked, and which colours are drawn for which "
+                        "(`evaluate.colour_confusions`)")
     a = p.parse_args(argv)
 
     from lit_janus.checkpoint import load_any

@@ -97,12 +97,22 @@ def decode_images(model, codes: torch.Tensor, batch_size: int = 16) -> torch.Ten
 @torch.no_grad()
 def generate_reference(model, cond_ids: Sequence[int], uncond_ids: Sequence[int], keys: Sequence[int], *,
                        cfg_weight: float = 5.0, temperature: float = 1.0, top_k: int | None = None,
-                       top_p: float | None = None, n_tokens: int | None = None) -> torch.Tensor:
+                       top_p: float | None = None, n_tokens: int | None = None,
+                       prefix: torch.Tensor | None = None, prefix_len: Sequence[int] | None = None) -> torch.Tensor:
     """The straightforward loop for ONE prompt: its len(keys) images as cond rows then uncond rows,
     no padding, eager transformers forward with a growing DynamicCache, our sampler.
-    Returns codes [len(keys), n_tokens]."""
+    Returns codes [len(keys), n_tokens].
+
+    `prefix` [len(keys), k] and `prefix_len` (one per image, each <= k): image i's first prefix_len[i]
+    codes are given rather than sampled, a teacher-forced continuation (`lit_janus.shapes.count_probe`).
+    The codes after them draw the same noise as they would without a prefix."""
     llm, dev = model.llm, model.llm.embed_tokens.weight.device
     n, n_tokens = len(keys), n_tokens or model.config.num_image_tokens
+    if prefix is not None:
+        if prefix_len is None or len(prefix_len) != n or prefix.shape[0] != n or max(prefix_len) > prefix.shape[1]:
+            raise ValueError(f"prefix {tuple(prefix.shape)} needs one row and one prefix_len (at most its width) "
+                             f"per image ({n}), got prefix_len {prefix_len}")
+        prefix, given_len = prefix.to(dev), torch.as_tensor(list(prefix_len), device=dev)
     ids = torch.tensor([list(cond_ids)] * n + [list(uncond_ids)] * n, device=dev)
     key_t = torch.tensor(list(keys), dtype=torch.long, device=dev)
     kw = _cache_kwarg(llm)
@@ -112,6 +122,8 @@ def generate_reference(model, cond_ids: Sequence[int], uncond_ids: Sequence[int]
     for j in range(n_tokens):
         logits = model.gen_head(h).float()
         tok = sample(cfg_logits(logits[:n], logits[n:], cfg_weight), temperature, top_k, top_p, key_t, j)
+        if prefix is not None and j < prefix.shape[1]:
+            tok = torch.where(given_len > j, prefix[:, j], tok)
         codes[:, j] = tok
         if j + 1 < n_tokens:
             x = model.code_embeddings(tok)

@@ -114,6 +114,23 @@ def test_fast_sampler_matches_reference_loop(sharp_model, tiny_processor, n, sam
     assert len(set(fast[0].tolist())) > 4
 
 
+def test_reference_loop_continues_a_given_prefix(sharp_model, tiny_processor):
+    """Teacher-forced codes stay as given, the codes after them follow from them, and a row with a
+    zero-length prefix draws what it draws without one (the count probe relies on all three)."""
+    cond, uncond, keys = requests(tiny_processor, PROMPTS[:1], 3, 4)
+    free = G.generate_reference(sharp_model, cond[0], uncond[0], keys)
+    source = G.generate_reference(sharp_model, cond[0], uncond[0], [k ^ 1 for k in keys])  # other images
+    forced = G.generate_reference(sharp_model, cond[0], uncond[0], keys, prefix=source[:, :9], prefix_len=[0, 5, 9])
+    assert torch.equal(forced[0], free[0])
+    assert torch.equal(forced[1, :5], source[1, :5]) and torch.equal(forced[2, :9], source[2, :9])
+    assert not torch.equal(forced[1, :5], free[1, :5])  # the prefix is not what the loop would draw anyway
+    assert not torch.equal(forced[2, 9:], free[2, 9:]) and not torch.equal(forced[2, 9:], source[2, 9:])
+    with pytest.raises(ValueError, match="prefix_len"):
+        G.generate_reference(sharp_model, cond[0], uncond[0], keys, prefix=source[:, :9], prefix_len=[0, 5])
+    with pytest.raises(ValueError, match="prefix_len"):
+        G.generate_reference(sharp_model, cond[0], uncond[0], keys, prefix=source[:, :9], prefix_len=[0, 5, 10])
+
+
 def test_image_depends_only_on_its_prompt_and_seed(sharp_model, tiny_processor):
     alone = G.generate(sharp_model, tiny_processor, [PROMPTS[1]], seeds=[5], decode=False).codes
     crowd = G.generate(sharp_model, tiny_processor, [PROMPTS[0], PROMPTS[1], "green"], images_per_prompt=[3, 1, 2],

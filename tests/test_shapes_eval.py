@@ -334,3 +334,60 @@ def test_why_failed_names_the_reason_a_generated_image_fails():
         for i in range(20):
             sample = w.t2i_sample(i, cat)
             assert why_failed(sample["image"], sample["metadata"]) is None
+
+
+# ---- the counting probe ---------------------------------------------------------------------------
+def test_last_row_is_the_last_token_row_render_paints():
+    import random
+
+    from lit_janus.shapes.count_probe import last_row
+    from lit_janus.shapes.world import random_scene
+
+    rng = random.Random(3)
+    for _ in range(200):
+        scene = random_scene(rng)
+        painted = np.flatnonzero((np.asarray(render(scene)) != np.asarray(scene.background)).any(axis=(1, 2)))
+        assert last_row(scene, 64, 8) == painted.max() // 8
+
+
+def test_top_scenes_hold_the_count_asked_within_the_rows():
+    from lit_janus.shapes.count_probe import last_row, top_scenes
+
+    scenes = top_scenes(4, "triangle", 5, 5, image_size=64, grid=8, seed=1)
+    assert len(scenes) == 5
+    for scene, rows in scenes:
+        assert [o.shape for o in scene.objects] == ["triangle"] * 4
+        assert rows == last_row(scene, 64, 8) + 1 <= 5
+    assert top_scenes(4, "triangle", 5, 5, image_size=64, grid=8, seed=1) == scenes  # seeded
+    with pytest.raises(ValueError, match="max_rows"):
+        top_scenes(2, "circle", 1, 8, image_size=64, grid=8, seed=0)
+
+
+def test_shapes_added_counts_extra_shapes_of_the_named_kind_and_others():
+    from lit_janus.shapes.count_probe import shapes_added
+
+    circles = [Obj("circle", c, "small", x, 0.2) for c, x in (("red", 0.2), ("blue", 0.5), ("green", 0.8))]
+    assert shapes_added(render(Scene(circles)), "circle", 2) == (1, 0)
+    assert shapes_added(render(Scene(circles + [Obj("square", "red", "large", 0.5, 0.7)])), "circle", 3) == (0, 1)
+    assert shapes_added(render(Scene(circles[:1])), "circle", 2) == (-1, 0)
+
+
+def test_count_probe_runs_every_condition_on_a_tiny_model():
+    import torch
+
+    from lit_janus.checkpoint import build_model, processor_for
+    from lit_janus.config import Config
+    from lit_janus.shapes.count_probe import count_probe, format_table
+
+    cfg = Config.from_name("shapes", n_layer=1, n_embd=64, n_head=2, n_query_groups=2, intermediate_size=128)
+    processor = processor_for("shapes", cfg)
+    cfg.image_token_id = processor.image_id
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    cells = count_probe(model, processor, per=1, max_rows=5, counts=(3, 4), cfg_weight=3.0)
+    # N + 1 = 5 is past ShapesWorld's counts: no "one short" row for 4
+    assert sorted(cells) == [("complete", 3), ("complete", 4), ("one short", 3), ("reconstruction", 3),
+                             ("reconstruction", 4)]
+    assert all(len(c.rows) == 3 and max(c.rows) <= 5 and sum(c.added.values()) == 3 for c in cells.values())
+    table = format_table(cells)
+    assert table.count("\n| reconstruction |") == 2 and "| one short | 3 | 4 | 3 |" in table

@@ -7,6 +7,8 @@
 #                                            #          (7B per-rank shard) (~6 min)
 #   bash benchmarks/gpu_checks.sh flex       # issue 7: ours with flex attention for the LLM (~4 min)
 #   bash benchmarks/gpu_checks.sh shapes     # issue 5: the ShapesWorld main line, --preset full --no-ablations, then probes
+#   bash benchmarks/gpu_checks.sh shapes_eval  # issue 5, after `shapes` on the same warm machine: ShapesEval of its
+#                                              #          Stage II / III checkpoints at CFG 3, the counting probe (~3 min)
 #   bash benchmarks/gpu_checks.sh shapes_timing  # issue 5: ms per step of each run (60 steps each), then Stage II
 #                                                #          at batch 256 with and without compiled layers (~4 min)
 #   bash benchmarks/gpu_checks.sh oracle     # issue 5: does the shapes LLM ever learn position questions from perfect
@@ -65,6 +67,16 @@ for group in "${@:-sampling}"; do
                 ck=/tmp/shapes_full/$st/checkpoints/last.ckpt
                 [ -e "$ck" ] && run "shapes_probe_$st" 25 -m lit_janus.shapes.probe "$ck" --scenes 600
             done ;;
+        shapes_eval)
+            # after `shapes`, on the same warm machine (its checkpoints are in /tmp/shapes_full): ShapesEval at
+            # CFG 3 as well (on the CPU the steadier weight, configs/shapes/README.md), then the counting probe
+            for st in stage2 stage3; do
+                ck=/tmp/shapes_full/$st/checkpoints/last.ckpt
+                [ -e "$ck" ] && run "shapes_cfg3_$st" 90 -m lit_janus.shapes.evaluate_model "$ck" --n 100 --heldout 50 \
+                    --vqa 0 --no-ceilings --cfg-weight 3 --failures
+            done
+            ck=/tmp/shapes_full/stage3/checkpoints/last.ckpt
+            [ -e "$ck" ] && run shapes_count_probe 120 -m lit_janus.shapes.count_probe "$ck" --cfg-weight 3 ;;
         shapes_timing)
             # where a ShapesWorld step's time goes on this card (StepTimes: data / step / GPU backlog): every run of
             # the full preset cut to 60 steps, then Stage II at full.yaml's batch (256) for 150 steps from that
@@ -93,6 +105,6 @@ print('stage2 at batch 256, compile=$compiled:', [cb.summary() for cb in cli.tra
             run oracle_scratchpad 330 -m lit_janus.shapes.oracle_vqa --types position --pos2d --turns 8 --scratchpad \
                 --steps 2000 --batch 128 --eval-every 250 --out "$out/oracle_scratchpad.json" ;;
         *)
-            echo "unknown group $group (sampling, exact, training, flex, shapes, shapes_timing, oracle, oracle_scratchpad)"; exit 2 ;;
+            echo "unknown group $group (sampling, exact, training, flex, shapes, shapes_eval, shapes_timing, oracle, oracle_scratchpad)"; exit 2 ;;
     esac
 done

@@ -111,15 +111,15 @@ def count_probe(model, processor, *, per: int = 20, max_rows: int = 5, cfg_weigh
             codes = model.encode_images(pixels)
             rows = [r for _, r in scenes]
             keys = [seed_key(seed, (n * len(SHAPES) + s) * per + i) for i in range(per)]
-            drawn = {"reconstruction": (n, codes)}
+            drawn = {"reconstruction": codes}
             for name, asked in (("complete", n), ("one short", n + 1)):
                 if asked > max(COUNTS):
                     continue
                 ids = processor.t2i_prompt_ids(f"a photo of {NUMBER_WORDS[asked]} {shape}s")
-                drawn[name] = (asked, generate_reference(
+                drawn[name] = generate_reference(
                     model, ids, processor.unconditional_ids(ids), keys, cfg_weight=cfg_weight,
-                    temperature=temperature, prefix=codes, prefix_len=[r * grid for r in rows]))
-            for name, (_, c) in drawn.items():
+                    temperature=temperature, prefix=codes, prefix_len=[r * grid for r in rows])
+            for name, c in drawn.items():
                 images = to_uint8(model.decode_codes(c)).cpu().numpy()
                 cell = cells.setdefault((name, n), Cell())
                 for img, r in zip(images, rows):

@@ -94,10 +94,9 @@ def count_probe(model, processor, *, per: int = 20, max_rows: int = 5, cfg_weigh
     images per cell). "one short" is skipped where N + 1 is past the largest count ShapesWorld asks for."""
     from PIL import Image
 
-    from lit_janus.generate import generate_reference
+    from lit_janus.generate import decode_images, generate_reference
     from lit_janus.sampling import seed_key
     from lit_janus.shapes.world import render
-    from lit_janus.vq import to_uint8
 
     cfg = model.config
     size, n_tok = cfg.image_size, cfg.num_image_tokens
@@ -120,7 +119,7 @@ def count_probe(model, processor, *, per: int = 20, max_rows: int = 5, cfg_weigh
                     model, ids, processor.unconditional_ids(ids), keys, cfg_weight=cfg_weight,
                     temperature=temperature, prefix=codes, prefix_len=[r * grid for r in rows])
             for name, c in drawn.items():
-                images = to_uint8(model.decode_codes(c)).cpu().numpy()
+                images = decode_images(model, c).numpy()
                 cell = cells.setdefault((name, n), Cell())
                 for img, r in zip(images, rows):
                     cell.add(*shapes_added(Image.fromarray(img), shape, n), r)
@@ -130,15 +129,14 @@ def count_probe(model, processor, *, per: int = 20, max_rows: int = 5, cfg_weigh
 def format_table(cells: dict[tuple[str, int], Cell]) -> str:
     lines = ["| condition | prefix holds | prompt asks | images | mean prefix rows | added 0 | added 1 | added 2+ "
              "| fewer | shapes of another kind |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in CONDITIONS:
-        for (cname, n), c in sorted(cells.items(), key=lambda kv: kv[0][1]):
-            if cname != name:
-                continue
-            k = len(c.rows)
-            share = lambda hits: f"{sum(v for a, v in c.added.items() if hits(a)) / k:.2f}"  # noqa: E731
-            asked = "-" if name == "reconstruction" else n + (name == "one short")
-            lines.append(f"| {name} | {n} | {asked} | {k} | {sum(c.rows) / k:.1f} | {share(lambda a: a == 0)} | "
-                         f"{share(lambda a: a == 1)} | {share(lambda a: a >= 2)} | {share(lambda a: a < 0)} | {c.other} |")
+    for (name, n), c in sorted(cells.items(), key=lambda kv: (CONDITIONS.index(kv[0][0]), kv[0][1])):
+        k = len(c.rows)
+        bins = Counter()  # added shapes binned as the columns: fewer (-1), 0, 1, 2+
+        for added, images in c.added.items():
+            bins[max(-1, min(added, 2))] += images
+        asked = "-" if name == "reconstruction" else n + (name == "one short")
+        shares = " | ".join(f"{bins[b] / k:.2f}" for b in (0, 1, 2, -1))
+        lines.append(f"| {name} | {n} | {asked} | {k} | {sum(c.rows) / k:.1f} | {shares} | {c.other} |")
     return "\n".join(lines)
 
 

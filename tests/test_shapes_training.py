@@ -611,10 +611,14 @@ def test_pipeline_end_to_end(tmp_path):
 
     # the branches alone, into the same --out: the Janus-style branch starts from the main line's stage1
     # checkpoint found there; finished runs end at once, so this only evaluates again
+    table = json.loads((out / "results.json").read_text())
+    long_run = {"step_ms": 581.0, "period_ms": 597.6, "data_ms": 15.1, "steps": 6394}
+    (out / "results.json").write_text(json.dumps({**table, "step_times_ms": {"stage2": long_run}}))
     again = main(["--config", str(_micro_spec(tmp_path)), "--out", str(out), "--only-ablations"])
     assert [r["name"] for r in again["rows"]] == names  # the main line's rows kept from the first run's table
     assert [r["geneval"] for r in again["rows"][3:6]] == [r["geneval"] for r in result["rows"][3:6]]
     assert again["checkpoints"]["stage1"] == str(out / "stage1" / "checkpoints" / "last.ckpt")
+    assert again["step_times_ms"]["stage2"] == long_run  # and its step times (micro runs are too short to time)
     # one branch by name: the other branch's row stays in the table, the one run now comes last
     one = main(["--config", str(_micro_spec(tmp_path)), "--out", str(out), "--only-ablations", "--ablation", "janus_stage2"])
     assert [r["name"] for r in one["rows"]] == names[:6] + ["shared_stage1", "ablation_stage3"]

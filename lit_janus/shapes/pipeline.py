@@ -68,10 +68,12 @@ class OneProcessCLI(JanusCLI):
 
 class Pipeline:
     def __init__(self, spec: PipelineSpec, base_dir: Path, out: str | Path, *, log=print,
-                 earlier_checkpoints: dict[str, str] | None = None, carried_rows: list[dict[str, Any]] | None = None):
-        """`earlier_checkpoints` / `carried_rows`: stages an earlier run into `out` trained (the main line,
-        under --only-ablations), which branches start from, and that run's results rows: the table keeps
-        those this run does not evaluate again, after the ceilings, so that rewriting it loses none."""
+                 earlier_checkpoints: dict[str, str] | None = None, carried_rows: list[dict[str, Any]] | None = None,
+                 carried_step_times: dict[str, dict[str, float]] | None = None):
+        """`earlier_checkpoints` / `carried_rows` / `carried_step_times`: stages an earlier run into `out`
+        trained (the main line, under --only-ablations), which branches start from, and that run's results
+        rows and step times: the table keeps those this run does not redo (rows after the ceilings), so that
+        rewriting it loses none."""
         self.spec, self.base_dir, self.out = spec, base_dir, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = log
@@ -79,7 +81,7 @@ class Pipeline:
         self.checkpoints: dict[str, str] = dict(earlier_checkpoints or {})
         self.rows: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
-        self.step_times: dict[str, dict[str, float]] = {}
+        self.step_times: dict[str, dict[str, float]] = dict(carried_step_times or {})
         self.extra: dict[str, Any] = {}
         self._tb = None
         self.t0 = time.perf_counter()
@@ -441,8 +443,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "(--no-ablations)")
         # the main line's rows (and those of branches not run now) stay in the table this run rewrites
         table = Path(out) / "results.json"
+        old = json.loads(table.read_text()) if table.is_file() else {}
         earlier = {"earlier_checkpoints": {n: str(last) for n, last in lasts.items()},
-                   "carried_rows": json.loads(table.read_text())["rows"] if table.is_file() else []}
+                   "carried_rows": old.get("rows", []), "carried_step_times": old.get("step_times_ms", {})}
     pipe = Pipeline(spec, base, out, **earlier)
     pipe.log(f"ShapesWorld pipeline {spec.name!r} -> {out}  ({hardware()})")
     result = pipe.run()

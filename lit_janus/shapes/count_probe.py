@@ -29,15 +29,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lit_janus.shapes.world import COUNTS, NUMBER_WORDS, SHAPES, Scene, make_t2i
+from lit_janus.shapes.world import COUNTS, NUMBER_WORDS, SHAPES, Scene, make_t2i, pixel_box
 
 CONDITIONS = ("reconstruction", "complete", "one short")
 
 
 def last_row(scene: Scene, image_size: int, grid: int) -> int:
-    """The last token row any object of `scene` touches, by `world.render`'s own pixel rounding."""
-    px = image_size // grid
-    return max((round((o.y + o.extent / 2) * image_size) - 1) // px for o in scene.objects)
+    """The last token row any object of `scene` touches (by the pixel box `world.render` draws it in)."""
+    return max(pixel_box(o, image_size)[3] // (image_size // grid) for o in scene.objects)
 
 
 def top_scenes(n: int, shape: str, k: int, max_rows: int, *, image_size: int, grid: int,
@@ -98,9 +97,7 @@ def count_probe(model, processor, *, per: int = 20, max_rows: int = 5, cfg_weigh
     from lit_janus.sampling import seed_key
     from lit_janus.shapes.world import render
 
-    cfg = model.config
-    size, n_tok = cfg.image_size, cfg.num_image_tokens
-    grid = int(round(n_tok ** 0.5))
+    size, grid = model.config.image_size, model.config.grid_size
     dev = model.llm.embed_tokens.weight.device
     cells: dict[tuple[str, int], Cell] = {}
     for n in counts:

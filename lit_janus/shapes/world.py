@@ -98,10 +98,15 @@ class Scene:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _draw(draw: ImageDraw.ImageDraw, o: Obj, side: int, fill) -> None:
+def pixel_box(o: Obj, side: int) -> tuple[int, int, int, int]:
+    """The inclusive pixel box (x0, y0, x1, y1) `render` draws `o` in, on a `side`-pixel canvas."""
     half = o.extent / 2
     x0, y0 = round((o.x - half) * side), round((o.y - half) * side)
-    x1, y1 = round((o.x + half) * side) - 1, round((o.y + half) * side) - 1
+    return x0, y0, round((o.x + half) * side) - 1, round((o.y + half) * side) - 1
+
+
+def _draw(draw: ImageDraw.ImageDraw, o: Obj, side: int, fill) -> None:
+    x0, y0, x1, y1 = pixel_box(o, side)
     if o.shape == "circle":
         draw.ellipse([x0, y0, x1, y1], fill=fill)
     elif o.shape == "square":

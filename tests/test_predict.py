@@ -259,7 +259,7 @@ def test_understand_answers_and_records_bad_images(tmp_path, tiny_hf_dir):
     Image.new("RGB", (50, 30), (255, 0, 0)).save(tmp_path / "im" / "red.png")
     Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "im" / "blue.png")
     (tmp_path / "im" / "notes.png").write_text("not an image")
-    rows = [{"image": "im/red.png", "question": "what colour is the square?", "id": "a"},
+    rows = [{"image": "im/red.png", "question": "what colour is the square?", "id": "a", "metadata": {"answer": "red"}},
             {"image": "im/missing.png", "question": "yes?"},
             {"image": "im/blue.png", "question": "how many circles are there?"},
             {"image": "im/notes.png", "question": "no?"}]
@@ -269,6 +269,7 @@ def test_understand_answers_and_records_bad_images(tmp_path, tiny_hf_dir):
                 data={"path": str(tmp_path / "q.jsonl"), "batch_size": 4}, writer={"output_dir": str(out)})
     answers = read_jsonl(out / "answers.jsonl")
     assert [a["index"] for a in answers] == [0, 2] and answers[0]["id"] == "a"
+    assert answers[0]["metadata"] == {"answer": "red"} and "metadata" not in answers[1]
     assert answers[1]["question"] == "how many circles are there?" and isinstance(answers[1]["answer"], str)
     errors = {e["index"]: e["error"] for e in read_jsonl(out / "errors.jsonl")}
     assert "missing.png" in errors[1] and "FileNotFoundError" in errors[1]

@@ -11,7 +11,8 @@
   and samples with the fast `StaticDecoder`.
 - `PromptData` (LightningDataModule) reads a .txt of prompts (one per line), a JSONL of
   {"prompt", optional "seed", "n", "metadata"}, GenEval's `evaluation_metadata.jsonl`, or a JSONL of
-  {"image", "question", optional "id", "seed"} (image paths relative to the JSONL's folder).
+  {"image", "question", optional "id", "seed", "metadata"} (image paths relative to the JSONL's folder;
+  "id" and "metadata" are copied to the answer's line).
 - `ImageWriter` / `AnswerWriter` (prediction writers) write one PNG per image, a grid per prompt
   and `metadata.jsonl`, or GenEval's `<index:05d>/{metadata.jsonl,samples/<n:04d>.png}` layout, or
   `answers.jsonl`.

@@ -94,8 +94,8 @@ def _item(i: int, obj: dict, format: str, folder: Path) -> dict:
         # relative to the JSONL's folder
         resolve = lambda x: x if Path(x).is_absolute() else str(folder / x)  # noqa: E731
         item["image"] = [resolve(x) for x in images] if isinstance(images, list) else resolve(images)
-        if "id" in obj:
-            item["id"] = obj["id"]
+        # carried to answers.jsonl as they are, e.g. the reference answer to score against
+        item |= {k: obj[k] for k in ("id", "metadata") if k in obj and obj[k] is not None}
     else:
         item = {"index": i, "prompt": _field(obj, "prompt", str, "a string")}
         if format == "geneval":

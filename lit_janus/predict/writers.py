@@ -293,7 +293,7 @@ class ImageWriter(_Writer):
 
 class AnswerWriter(_Writer):
     """Writes understanding predictions to `<output_dir>/<filename>`, one JSON line per question:
-    index, id (if given), image, question, answer, answer_tokens, temperature, top_k, top_p."""
+    index, id and metadata (if given), image, question, answer, answer_tokens, temperature, top_k, top_p."""
 
     def __init__(self, output_dir: str, filename: str = "answers.jsonl"):
         super().__init__(output_dir)
@@ -315,7 +315,8 @@ class AnswerWriter(_Writer):
                 if "index" in r}
 
     def _write(self, r: dict) -> None:
-        keys = ("index", "id", "image", "question", "answer", "answer_tokens", "temperature", "top_k", "top_p")
+        keys = ("index", "id", "image", "question", "answer", "answer_tokens", "temperature", "top_k", "top_p",
+                "metadata")
         _append_jsonl(self.output_dir / self.filename, [{k: r[k] for k in keys if k in r}])
 
 

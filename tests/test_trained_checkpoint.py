@@ -44,3 +44,30 @@ def test_committed_model_answers_questions_about_unseen_scenes(trained):
     # with the next question's scene (the answers a model that does not see the image can guess)
     res, _ = evaluate_model(*trained, EvalSpec(n_vqa=100, ceilings=False), generation=False)
     assert res.vqa >= 0.45, res.vqa_by_type
+
+
+def test_the_readme_predict_command_draws_every_example_prompt(tmp_path):
+    """`python main.py predict --config configs/predict/t2i.yaml --model.init_args.checkpoint
+    checkpoints/shapes/stage3 --data.init_args.path configs/predict/shapes_prompts.txt`, as the READMEs
+    give it (only the output folder moved)."""
+    import json
+
+    from PIL import Image
+
+    from lit_janus.cli import main
+    from lit_janus.shapes import world as W
+    from lit_janus.shapes.evaluate import detect
+
+    root = STAGE3.parents[2]
+    prompts = (root / "configs" / "predict" / "shapes_prompts.txt").read_text().splitlines()
+    main(["predict", "--config", str(root / "configs" / "predict" / "t2i.yaml"),
+          "--model.init_args.checkpoint", str(STAGE3), "--data.init_args.path",
+          str(root / "configs" / "predict" / "shapes_prompts.txt"), "--trainer.default_root_dir", str(tmp_path),
+          "--trainer.callbacks.init_args.output_dir", str(tmp_path / "t2i"), "--trainer.enable_progress_bar", "false"])
+    lines = [json.loads(x) for x in (tmp_path / "t2i" / "metadata.jsonl").read_text().splitlines()]
+    assert [x["prompt"] for x in lines] == [p for p in prompts for _ in range(4)]  # 4 images per prompt
+    assert not (tmp_path / "t2i" / "errors.jsonl").exists()
+    assert all(set(W.split_words(p)) <= set(W.vocabulary()) | set(W.PUNCTUATION) for p in prompts)
+    red_circles = [detect(Image.open(tmp_path / "t2i" / x["file"])) for x in lines
+                   if x["prompt"] == "a photo of a red circle"]
+    assert sum(any((d.color, d.shape) == ("red", "circle") for d in dets) for dets in red_circles) >= 3

@@ -8,6 +8,16 @@ import shutil
 from pathlib import Path
 
 
+def as_plain_files(paths) -> None:
+    """Give `paths` the permissions a plain `open()` would (0o666 less the umask). safetensors 0.8 writes
+    through a temporary file created 0600 and renames it (safetensors#782), so an export's weights would be
+    readable by their owner only, beside a config.json that everyone on a shared disk can read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in paths:
+        os.chmod(p, 0o666 & ~umask)
+
+
 def remove_path(path: Path) -> None:
     """Delete a file or a directory tree, if there."""
     if path.is_dir() and not path.is_symlink():

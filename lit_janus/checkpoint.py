@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lit_janus.atomic import replace_dir
+from lit_janus.atomic import as_plain_files, replace_dir
 from lit_janus.config import Config
 from lit_janus.deepseek_layout import config_from_deepseek, deepseek_to_transformers, describe_unused, known_unused
 from lit_janus.tokenizer import DEFAULT_SYSTEM_PROMPT
@@ -258,6 +258,7 @@ def _write_transformers(model, processor, tmp: Path, dtype: torch.dtype | None) 
     )
     with _cast(janus, dtype):
         janus.save_pretrained(str(tmp))
+    as_plain_files(tmp.glob("*.safetensors"))
     tok = processor.tokenizer
     tok.save_pretrained(str(tmp))
     tc = tmp / "tokenizer_config.json"

@@ -1,6 +1,7 @@
 """Loading, converting and rejecting checkpoints (transformers layout; DeepSeek's is in test_deepseek_layout.py)."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -168,6 +169,19 @@ def test_save_is_atomic(tmp_path, tiny_model, tiny_processor, monkeypatch):
         save_transformers(tiny_model, tiny_processor, dst)
     assert sorted(p.name for p in dst.iterdir()) == before  # the previous export is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # and no half-written sibling is left
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_exported_weights_are_as_readable_as_the_rest_of_the_export(tmp_path, tiny_model, tiny_processor):
+    # safetensors 0.8 writes its files 0600 (safetensors#782): a colleague could read config.json but not
+    # the weights of an export on a shared disk
+    old = os.umask(0o022)
+    try:
+        out = save_transformers(tiny_model, tiny_processor, tmp_path / "out")
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
 
 
 def test_save_never_replaces_a_foreign_folder_nor_casts_the_callers_model(tmp_path, tiny_model, tiny_processor):

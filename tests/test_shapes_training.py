@@ -283,6 +283,8 @@ def test_stage0_weights_drop_into_januspro_and_assemble_loads(tmp_path):
 
     stage0 = export_stage0(ck["vq"][0], ck["vision"][0], tmp_path / "stage0")
     assert json.loads((stage0 / "stage0.json").read_text())["config"]["codebook_size"] == 64
+    mode = lambda name: (stage0 / name).stat().st_mode & 0o777  # noqa: E731 (safetensors alone wrote 0600)
+    assert mode("vq.safetensors") == mode("vision.safetensors") == mode("stage0.json")
     for src in ((ck["vq"][0], ck["vision"][0]), (stage0 / "vq.safetensors", stage0 / "vision.safetensors")):
         out = assemble(*src, tmp_path / "init", "shapes", **SMALL)
         model, processor = load_any(out)

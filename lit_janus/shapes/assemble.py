@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from lit_janus.atomic import as_plain_files
 from lit_janus.config import Config
 from lit_janus.predict.writers import atomic_write
 
@@ -55,6 +56,7 @@ def export_stage0(vq_ckpt: str | Path, vision_ckpt: str | Path, out_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     save_file(load_part(vq_ckpt, "vq."), str(out / "vq.safetensors"))
     save_file(load_part(vision_ckpt, "vision."), str(out / "vision.safetensors"))
+    as_plain_files([out / "vq.safetensors", out / "vision.safetensors"])
     config = config or stage0_config(vq_ckpt)
     atomic_write(out / "stage0.json", lambda tmp: tmp.write_text(json.dumps({"config": config.asdict()}, indent=2)))
     return out

@@ -1,5 +1,6 @@
 """Replacing a file or directory so that a crash at any moment leaves either the old one or the new one
-under its name, never half of each (checkpoints, exports, pipeline results)."""
+under its name, never half of each (checkpoints, exports, pipeline results); and the ordinary permissions
+for files a library wrote through a private temporary file."""
 
 from __future__ import annotations
 
